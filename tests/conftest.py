@@ -1,0 +1,52 @@
+"""Shared test fixtures. No network: hub access is switched off before anything imports transformers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parity_dir() -> Path:
+    """The parity fixture set: $VINCIE_PARITY_DIR, else ../shared/parity next to the repository."""
+    env = os.environ.get("VINCIE_PARITY_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "parity"
+
+
+@pytest.fixture(scope="session")
+def parity() -> Path:
+    """Path of the parity fixtures; skips (saying why) when the directory is missing."""
+    d = parity_dir()
+    if not (d / "manifest.json").is_file() and not d.is_dir():
+        pytest.skip(f"parity fixtures not found at {d} (set VINCIE_PARITY_DIR)")
+    return d
+
+
+@pytest.fixture
+def runner():
+    """A click CliRunner with stdout and stderr kept apart."""
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
