@@ -6,7 +6,7 @@ export HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export PYTHONHASHSEED=0
 
-.PHONY: help install lint format test test-all test-parity test-gpu smoke bench demo clean
+.PHONY: help install lint format test test-all test-parity test-gpu docs demo clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,12 +19,12 @@ install: .venv/bin/python ## create .venv and install the pinned CPU stack + vin
 	$(PIP) install -q --no-deps -e .
 
 lint: ## ruff check + format check
-	$(PY) -m ruff check vincie_cli tests benchmarks
-	$(PY) -m ruff format --check vincie_cli tests benchmarks
+	$(PY) -m ruff check vincie_cli tests benchmarks tools
+	$(PY) -m ruff format --check vincie_cli tests benchmarks tools
 
 format: ## fix lint and formatting
-	$(PY) -m ruff check --fix vincie_cli tests benchmarks
-	$(PY) -m ruff format vincie_cli tests benchmarks
+	$(PY) -m ruff check --fix vincie_cli tests benchmarks tools
+	$(PY) -m ruff format vincie_cli tests benchmarks tools
 
 test: ## the fast test suite (what CI runs)
 	$(PY) -m pytest -q
@@ -37,6 +37,9 @@ test-parity: ## numeric parity against $$VINCIE_PARITY_DIR (default ../shared/pa
 
 test-gpu: ## tests that need CUDA
 	$(PY) -m pytest -q -m gpu
+
+docs: ## regenerate docs/cli.md from the commands' --help
+	$(PY) tools/gen_cli_docs.py
 
 demo: ## the main job on the embedded defaults (see README)
 	.venv/bin/vincie demo --out-dir demo-run
