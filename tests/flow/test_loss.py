@@ -1,0 +1,39 @@
+"""Training-loss helpers: noising, target, masked MSE and per-task reduction."""
+
+from __future__ import annotations
+
+import torch
+
+from vincie_cli.flow.loss import masked_mse, noisy_input, per_group_loss, task_weighted_loss, token_mse, velocity_target
+
+
+def test_noisy_input_per_token_timesteps():
+    x0, eps = torch.zeros(3, 2), torch.ones(3, 2)
+    t = torch.tensor([0.0, 250.0, 1000.0])  # a clean context token, a noisy one, pure noise
+    assert noisy_input(x0, eps, t).tolist() == [[0, 0], [0.25, 0.25], [1, 1]]
+    assert torch.equal(velocity_target(x0, eps), eps)
+
+
+def test_masked_mse_and_groups():
+    pred = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 0.0], [3.0, 3.0]])
+    target = torch.zeros(4, 2)
+    per_token = token_mse(pred, target)
+    assert per_token.tolist() == [1.0, 2.0, 0.0, 9.0]
+    mask = torch.tensor([True, True, False, False])
+    assert masked_mse(pred, target, mask).item() == 1.5
+    assert masked_mse(pred, target).item() == 3.0
+    assert masked_mse(pred, target, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+    groups = torch.tensor([0, 0, 1, 2])
+    assert per_group_loss(per_token, groups, 4).tolist() == [1.5, 0.0, 9.0, 0.0]
+    assert per_group_loss(per_token, groups, 3, mask=torch.tensor([True, False, True, True])).tolist() == [1, 0, 9]
+
+
+def test_task_weighted_loss_ignores_absent_tasks_and_backprops():
+    pred = torch.tensor([[1.0], [2.0], [4.0]], requires_grad=True)
+    target = torch.zeros(3, 1)
+    groups = torch.tensor([0, 0, 2])  # task 1 absent from this batch
+    loss, per_task = task_weighted_loss(token_mse(pred, target), groups, torch.tensor([1.0, 5.0, 3.0]))
+    assert per_task.tolist() == [2.5, 0.0, 16.0]
+    assert abs(loss.item() - (1 * 2.5 + 3 * 16.0) / 4) < 1e-6
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0

@@ -1,0 +1,78 @@
+"""The lerp schedule, its conversions from a velocity prediction, and the sampling / training timesteps.
+
+x_t = A(t)·x0 + B(t)·ε with A(t) = 1 − t/T, B(t) = t/T, T = 1000.0 (continuous). The model predicts
+v = ε − x0. Conversions are written as in the release (dividing by A + B, which is 1 up to rounding), so
+sampler states match it to the last bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+T_MAX = 1000.0
+
+
+def schedule_a(t: Tensor, T: float = T_MAX) -> Tensor:
+    """A(t) = 1 − t/T, the data coefficient."""
+    return 1 - (t / T)
+
+
+def schedule_b(t: Tensor, T: float = T_MAX) -> Tensor:
+    """B(t) = t/T, the noise coefficient."""
+    return t / T
+
+
+def _bcast(t: Tensor | float, x: Tensor) -> Tensor:
+    """Timesteps () or (N,) -> broadcastable against x (N, ...) with new dims on the right."""
+    t = torch.as_tensor(t, device=x.device)
+    return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+def add_noise(x0: Tensor, eps: Tensor, t: Tensor | float, T: float = T_MAX) -> Tensor:
+    """x_t = A(t)·x0 + B(t)·ε; t is a scalar or one value per row of x0."""
+    t = _bcast(t, x0)
+    return schedule_a(t, T) * x0 + schedule_b(t, T) * eps
+
+
+def x0_from_v(x_t: Tensor, v: Tensor, t: Tensor | float, T: float = T_MAX) -> Tensor:
+    """x̂0 = (x_t − B·v)/(A + B)."""
+    t = _bcast(t, x_t)
+    a, b = schedule_a(t, T), schedule_b(t, T)
+    return (x_t - b * v) / (a + b)
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, t: Tensor | float, T: float = T_MAX) -> Tensor:
+    """ε̂ = (x_t + A·v)/(A + B)."""
+    t = _bcast(t, x_t)
+    a, b = schedule_a(t, T), schedule_b(t, T)
+    return (x_t + a * v) / (a + b)
+
+
+def sampling_timesteps(
+    steps: int = 50, shift: float = 12.0, T: float = T_MAX, device: torch.device | str | None = None
+) -> Tensor:
+    """Shifted uniform-trailing grid, (steps,) fp32, from T down to (never reaching) 0.
+
+    u = arange(1, 0, −1/steps) in fp32, t = T · shift·u / (1 + (shift − 1)·u), computed in the release's
+    order so the values are bit-identical on the same device type. Like the release, a few step counts
+    (49, 98, 103, ...) get one extra entry near 0 from the float-step arange; 50 gives exactly 50.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    u = torch.arange(1.0, 0.0, -1.0 / steps, dtype=torch.float32, device=device)
+    u = shift * u / (1 + (shift - 1) * u)
+    return u * float(T)
+
+
+def logit_normal_timesteps(
+    n: int,
+    generator: torch.Generator | None = None,
+    loc: float = 0.0,
+    scale: float = 1.0,
+    T: float = T_MAX,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Training timesteps t = T·sigmoid(loc + scale·z), z ~ N(0, 1); (n,) fp32 in (0, T)."""
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float32)
+    return torch.sigmoid(loc + scale * z) * float(T)
