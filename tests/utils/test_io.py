@@ -80,3 +80,13 @@ def test_shards_partition_keys():
     owners = [[k for k in keys if in_shard(k, (i, 3))] for i in range(3)]
     assert sorted(sum(owners, [])) == sorted(keys)
     assert all(len(o) > 40 for o in owners)
+
+
+def test_atomic_write_uses_normal_file_mode(tmp_path):
+    import os
+
+    target = tmp_path / "m.json"
+    atomic_write_json(target, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+
+from vincie_cli.records import ROE_RULES
+from vincie_cli.synth.benchmark import (
+    BENCH_KINDS,
+    HELDOUT_SEEDS,
+    TRAIN_SEEDS,
+    check_train_seeds,
+    load_benchmark,
+    make_benchmark,
+    make_session,
+    save_benchmark,
+    split_seed,
+)
+from vincie_cli.synth.oracle import diff_states, summarize
+from vincie_cli.synth.render import render_state
+from vincie_cli.synth.scorer import TurnJudge, aggregate, score_session
+from vincie_cli.utils.io import BadInputError, UsageError
+
+
+@pytest.fixture(scope="module")
+def bench64():
+    return make_benchmark(8, 64)
+
+
+def test_seed_split():
+    assert TRAIN_SEEDS.stop == HELDOUT_SEEDS.start == 1_000_000
+    assert split_seed("train", 5) == 5 and split_seed("heldout", 5) == 1_000_005
+    check_train_seeds([0, 999_999])
+    with pytest.raises(UsageError, match="held-out"):
+        check_train_seeds([3, 1_000_000])
+    with pytest.raises(UsageError, match="outside the train split"):
+        split_seed("train", 1_000_000)
+
+
+def test_sessions_are_deterministic_and_well_formed(bench64):
+    again = make_benchmark(2, 64)
+    for a, b in zip(bench64, again):
+        assert a.instructions == b.instructions and a.seed == b.seed
+        np.testing.assert_array_equal(a.turns[-1].image, b.turns[-1].image)
+    kinds = set()
+    for s in bench64:
+        assert s.seed in HELDOUT_SEEDS and s.size == (64, 64) and len(s.turns) == 5
+        prev = s.start_state
+        np.testing.assert_array_equal(s.start_image, render_state(prev, (64, 64)))
+        for k, t in enumerate(s.turns):
+            kinds.add(t.kind)
+            assert t.kind in BENCH_KINDS and t.roe.rule in ROE_RULES
+            changes = diff_states(prev, t.state, (64, 64))
+            assert len(changes) == 1  # one change per turn
+            # the instruction is the oracle's summary_change for the turn (same phrasing family)
+            assert t.instruction == summarize(changes, seed=f"bench:{s.seed}:{k}")
+            np.testing.assert_array_equal(t.image, render_state(t.state, (64, 64)))
+            if t.kind == "background":
+                assert t.roe.rule == "global"
+            else:
+                assert t.roe.rule == "entities" and (t.roe.src.any() or t.roe.dst.any())
+            prev = t.state
+    assert len(kinds) >= 6
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_exact_frames_score_100_and_doing_nothing_scores_0(bench64, size):
+    sessions = bench64 if size == 64 else make_benchmark(2, 256, seed_offset=100)
+    exact = [
+        score_session(s, [t.image for t in s.turns], masks=[(t.roe.src, t.roe.dst) for t in s.turns]) for s in sessions
+    ]
+    table = aggregate(exact)
+    assert [r["success_rate"] for r in table] == [1.0] * 5
+    assert all(r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) for r in table)
+    assert all(r["iou_dst"] == 1.0 and r["iou_src"] == 1.0 for r in table)
+    nothing = [score_session(s, [s.start_image] * 5) for s in sessions]
+    assert all(r["success_rate"] == 0.0 and r["turn_success_rate"] == 0.0 for r in aggregate(nothing))
+    # each turn alone: the model returns its input unchanged -> that turn fails
+    judge = TurnJudge(sessions[0].size)
+    for s in sessions:
+        prev_state, prev_img = s.start_state, s.start_image
+        for t in s.turns:
+            change = {"kind": t.kind, "objects": list(t.objects)}
+            assert not judge.turn(prev_state, t.state, change, prev_img, prev_img, t.image)[0], (s.id, t.instruction)
+            prev_state, prev_img = t.state, t.image
+
+
+def test_cumulative_counting_and_missing_images(bench64):
+    s = bench64[0]
+    images = [t.image for t in s.turns]
+    images[1] = images[0]  # turn 2 not done
+    sc = score_session(s, images)
+    assert [t.counted for t in sc.turns] == [True, False, False, False, False]
+    assert sc.turns[0].success and not sc.turns[1].success and sc.successful_turns == 1
+    assert sc.turns[1].reason  # says why
+    short = score_session(s, [t.image for t in s.turns[:2]])
+    assert [t.counted for t in short.turns] == [True, True, False, False, False]
+    assert short.turns[2].reason == "no image"
+    table = aggregate([sc, short])
+    assert table[0]["success_rate"] == 1.0 and table[1]["success_rate"] == 0.5 and table[2]["success_rate"] == 0.0
+    # a wrong change (another turn's result) fails
+    swapped = [t.image for t in s.turns]
+    swapped[0] = s.turns[1].image
+    assert not score_session(s, swapped).turns[0].success
+    json.dumps(sc.to_dict())  # JSON-ready
+
+
+def test_produced_images_are_resized_and_accepted_as_pil(bench64):
+    from PIL import Image
+
+    s = bench64[1]
+    images = [Image.fromarray(t.image).resize((128, 128), Image.NEAREST) for t in s.turns]
+    sc = score_session(s, images)
+    assert sc.successful_turns == 5
+
+
+def test_save_and_load_roundtrip(tmp_path, bench64):
+    folder = save_benchmark(bench64[:3], tmp_path / "bench")
+    assert (folder / "benchmark.json").is_file() and (folder / "sessions.jsonl").is_file()
+    lines = (folder / "sessions.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["type"] == "synth_session"
+    loaded = load_benchmark(folder)
+    for a, b in zip(bench64[:3], loaded):
+        assert a.id == b.id and a.instructions == b.instructions and a.start_state == b.start_state
+        np.testing.assert_array_equal(a.start_image, b.start_image)
+        for ta, tb in zip(a.turns, b.turns):
+            assert ta.state == tb.state and ta.roe.rule == tb.roe.rule and ta.roe.entities == tb.roe.entities
+            np.testing.assert_array_equal(ta.image, tb.image)
+            if ta.roe.src is not None:
+                np.testing.assert_array_equal(ta.roe.src, tb.roe.src)
+                np.testing.assert_array_equal(ta.roe.dst, tb.roe.dst)
+    assert score_session(loaded[0], [t.image for t in loaded[0].turns]).successful_turns == 5
+    with pytest.raises(BadInputError, match="not a synthetic benchmark folder"):
+        load_benchmark(tmp_path)
+    (folder / "sessions.jsonl").write_text('{"type": "synth_session", "id": "x"}\n')
+    with pytest.raises(BadInputError, match="sessions.jsonl:1: malformed session"):
+        load_benchmark(folder)
+
+
+def test_make_session_respects_kinds():
+    s = make_session(1_000_123, 64, turns=3, kinds=("move", "recolour"))
+    assert {t.kind for t in s.turns} <= {"move", "recolour"}
