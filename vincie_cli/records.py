@@ -31,6 +31,7 @@ An RoE entry (added by `segment` as transition["roe"]):
     {"rule": "entities", "queries": ["a small red circle"], "src_mask": "masks/.../000_src.png",
      "dst_mask": "masks/.../000_dst.png", "src_coverage": 0.04, "dst_coverage": 0.05,
      "boxes": {"src": [[x0, y0, x1, y1], ...], "dst": [...]}, "scores": {"src": [...], "dst": [...]},
+     "labels": {"src": [...], "dst": [...]}, "src_queries": [...], "dst_queries": [...],
      "backend": "grounded-sam2", "model": "..."}
     rule in ROE_RULES; masks are 1-bit PNGs of the frame size, white = region of edit.
 """
@@ -220,6 +221,9 @@ def rebase_clip(rec: dict[str, Any], from_dir: str | os.PathLike, to_dir: str | 
     import copy
 
     out = copy.deepcopy(rec)
+    source = out.get("source")
+    if isinstance(source, str) and source and not Path(source).is_absolute() and "://" not in source:
+        out["source"] = rebase_path(source, from_dir, to_dir)
     for fr in out["frames"]:
         fr["path"] = rebase_path(fr["path"], from_dir, to_dir)
     for tr in out["transitions"]:

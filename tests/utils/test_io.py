@@ -14,6 +14,7 @@ from vincie_cli.utils.io import (
     in_shard,
     parse_shard,
     read_jsonl,
+    repair_jsonl_tail,
 )
 
 
@@ -90,3 +91,14 @@ def test_atomic_write_uses_normal_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_repair_jsonl_tail_before_append(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_jsonl(p, {"a": 1})
+    with open(p, "a") as f:
+        f.write('{"a": 2')
+    assert repair_jsonl_tail(p) is True
+    append_jsonl(p, {"a": 3})
+    assert list(read_jsonl(p, strict=True)) == [{"a": 1}, {"a": 3}]
+    assert repair_jsonl_tail(p) is False

@@ -142,6 +142,23 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def repair_jsonl_tail(path: str | os.PathLike) -> bool:
+    """Cut a torn last line (left by a crash mid-append) off a JSON-lines file; True if it cut one.
+
+    Runners call this before appending, so the torn line never ends up in the middle of the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return False
+    data = p.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    with open(p, "r+b") as f:
+        f.truncate(cut)
+    return True
+
+
 def read_jsonl(path: str | os.PathLike, strict: bool = False) -> Iterator[dict[str, Any]]:
     """Yield the records of a JSON-lines file ('-' reads stdin).
 

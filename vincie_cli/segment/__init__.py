@@ -1,0 +1,1 @@
+"""Region-of-edit masks for annotated transitions: GroundingDINO + SAM2 (or the synthetic oracle), fused by rule."""
