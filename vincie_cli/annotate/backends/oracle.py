@@ -1,0 +1,55 @@
+"""The synthetic world's oracle: the annotation a perfect VLM would write, from the exact ground truth.
+
+Only for videos made by `vincie_cli.synth` (a `.gt.json` beside the mp4); any other video is refused.
+The reply goes through the same parsing and validation as a model's, so oracle runs exercise the
+whole pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from vincie_cli.annotate.backends.base import Backend, PairRequest, Reply
+from vincie_cli.utils.io import BadInputError
+
+
+class OracleBackend(Backend):
+    name = "oracle"
+    model = "synth-oracle"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._gt: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def _ground_truth(self, source: str) -> Any:
+        from vincie_cli.synth import find_ground_truth, load_ground_truth
+
+        with self._lock:
+            if source not in self._gt:
+                path = find_ground_truth(source)
+                if path is None:
+                    raise BadInputError(
+                        f"{source}: no synthetic ground truth beside it (<name>.gt.json); "
+                        "--backend oracle only annotates videos made by the synthetic world"
+                    )
+                self._gt[source] = load_ground_truth(path)
+            return self._gt[source]
+
+    def check_source(self, path: str) -> None:
+        self._ground_truth(path)
+
+    def generate(self, requests: list[PairRequest]) -> list[Reply]:
+        from vincie_cli.synth.oracle import annotate_pair
+
+        out = []
+        for req in requests:
+            gt = self._ground_truth(req.source)
+            ann = annotate_pair(gt, req.times[0], req.times[1], seed=self.seed)
+            out.append(Reply(text=json.dumps(ann, ensure_ascii=False)))
+        return out
