@@ -14,6 +14,15 @@ from vincie_cli import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module under vincie_cli.cli, click command object)
+    "annotate": ("annotate", "annotate"),
+    "eval": ("eval", "eval_group"),
+    "segment": ("segment", "segment"),
+    "build-sessions": ("build_sessions", "build_sessions"),
+    "synth": ("synth", "synth"),
+    "convert": ("convert", "convert"),
+    "edit": ("edit", "edit"),
+    "story": ("story", "story"),
+    "train": ("train", "train"),
 }
 
 

@@ -5,8 +5,8 @@ Shapes use N for packed tokens (all samples concatenated), H heads, d head width
 Attention dispatch (`packed_attention`) keeps every sample to itself. Backends, each a separate function:
 - `_attention_flash_varlen`: flash-attn's varlen kernel (CUDA, bf16, no mask, only when `flash_attn` imports);
 - `_attention_sdpa`: one `scaled_dot_product_attention` call per sample (any device), optional dense bool masks.
-A block-sparse backend (e.g. FlexAttention with a BlockMask) plugs in as one more function and one more
-branch in `packed_attention`, selected by the type of its `masks` argument.
+- `_attention_flex`: FlexAttention with one `FlexMask` (a BlockMask) over the whole packed sequence, selected
+  when `masks` is a `FlexMask` (block-sparse masks on GPU: block-causal session training).
 """
 
 from __future__ import annotations
@@ -153,6 +153,42 @@ def flash_attn_available() -> bool:
     return _flash_varlen_fn() is not None
 
 
+class FlexMask:
+    """A FlexAttention `BlockMask` over a whole packed batch (all samples as one sequence), usable wherever
+    a list of per-sample masks is: `len()` is the number of samples. The block mask must keep samples apart
+    and follow the packed token order ([video_i; text_i] per sample)."""
+
+    def __init__(self, block_mask, num_samples: int, attended_pairs: int = 0) -> None:
+        self.block_mask = block_mask
+        self.num_samples = num_samples
+        self.attended_pairs = attended_pairs
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def _attention_flex(q: Tensor, k: Tensor, v: Tensor, mask: FlexMask, precision: str) -> Tensor:
+    """FlexAttention over the whole packed sequence (compiled on CUDA; the eager fallback elsewhere)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    out_dtype, n = q.dtype, q.shape[0]
+    dt = torch.bfloat16 if precision == "bf16" else torch.float32
+    length = mask.block_mask.seq_lengths[0]  # the mask may cover padding after the last sample
+    qh, kh, vh = (F.pad(t.to(dt), (0, 0, 0, 0, 0, length - n)).transpose(0, 1)[None] for t in (q, k, v))
+    fn = _compiled_flex() if q.is_cuda else flex_attention
+    o = fn(qh, kh, vh, block_mask=mask.block_mask)  # (1, H, length, d)
+    if precision == "bf16":
+        o = o.bfloat16()
+    return o[0, :, :n].transpose(0, 1).to(out_dtype)
+
+
 def packed_attention(
     q: Tensor,
     k: Tensor,
@@ -160,20 +196,22 @@ def packed_attention(
     seqlens: list[int],
     *,
     precision: str = "bf16",
-    masks: list[Tensor] | None = None,
+    masks: list[Tensor] | FlexMask | None = None,
     use_flash: bool = True,
 ) -> Tensor:
     """Full attention inside each sample of a packed batch.
 
     q, k, v: (N, H, d), samples contiguous with lengths `seqlens` (sum = N). Softmax scale 1/sqrt(d).
     precision "bf16": the release's numerics (q, k, v rounded to bf16, fp32 softmax, output rounded to bf16);
-    "fp32": no rounding. masks: optional list of per-sample bool (n_i, n_i), True = may attend.
-    Returns (N, H, d) in q's dtype.
+    "fp32": no rounding. masks: optional list of per-sample bool (n_i, n_i), True = may attend, or one
+    `FlexMask` over the whole packed sequence (FlexAttention backend). Returns (N, H, d) in q's dtype.
     """
     if precision not in ATTENTION_MODES:
         raise ValueError(f"attention precision must be one of {ATTENTION_MODES}, got {precision!r}")
     if sum(seqlens) != q.shape[0]:
         raise ValueError(f"seqlens sum to {sum(seqlens)} but q has {q.shape[0]} rows")
+    if isinstance(masks, FlexMask):
+        return _attention_flex(q, k, v, masks, precision)
     if masks is None and use_flash and precision == "bf16" and q.is_cuda and flash_attn_available():
         return _attention_flash_varlen(q, k, v, seqlens)
     return _attention_sdpa(q, k, v, seqlens, precision=precision, masks=masks)

@@ -1,0 +1,262 @@
+"""The tiny recipe end to end on synthetic shards: the loss falls, checkpoints load, --resume is exact,
+and every failure mode ends with one clear message and the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from tests.train.helpers import tiny_overrides
+from vincie_cli.train import loop as L
+from vincie_cli.train.recipe import load_recipe
+from vincie_cli.utils.io import BadInputError, UsageError, VincieError
+
+STEPS = 40
+
+
+def recipe(tiny_recipe, shards, *extra):
+    return load_recipe(tiny_recipe, tiny_overrides(shards) + [f"train.max_steps={STEPS}", *extra])
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, shards):
+    """One uninterrupted 40-step run (checkpoints at 20 and 40, keep_last 1)."""
+    from tests.train.conftest import REPO_RECIPES
+
+    out = tmp_path_factory.mktemp("run-a")
+    events = []
+    r = recipe(REPO_RECIPES / "tiny.yaml", shards, "train.checkpoint_every=20", "train.keep_last=1")
+    state = L.train(r, out_dir=out, emit=events.append)
+    return state, out, events
+
+
+def test_loss_falls_clearly(run_a):
+    state, _, _ = run_a
+    losses = [h["loss"] for h in state.history]
+    assert len(losses) == STEPS and all(h["finite"] for h in state.history)
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last < 0.85 * first, (first, last)
+    tasks = set().union(*(h["losses"] for h in state.history))
+    assert {"nip", "csp", "nsp"} <= tasks  # every proxy task trained and logged
+
+
+def test_events_and_checkpoint_folder(run_a, tiny_recipe, shards):
+    from vincie_cli.model.pipeline import VincieModel
+    from vincie_cli.model.weights import load_safetensors
+
+    state, out, events = run_a
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [10, 20, 30, 40]
+    for e in steps:
+        assert e["type"] == "train_event" and e["tokens_per_s"] > 0 and 0 < e["lr"] <= 1e-3 and e["loss"] > 0
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [20, 40]
+    done = events[-1]
+    assert done["event"] == "done" and done["step"] == STEPS and done["checkpoint"].endswith("step-00000040")
+    # keep_last 1: only the newest checkpoint remains, `latest` names it
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-00000040"]
+    assert (out / "latest").read_text().strip() == "step-00000040"
+    ck = out / "step-00000040"
+    for f in ("model_config.json", "dit.safetensors", "dit_raw.safetensors", "vae.safetensors", "text_encoder",
+              "trainer_state.safetensors", "trainer_state.json", "recipe.yaml", "meta.json"):  # fmt: skip
+        assert (ck / f).exists(), f
+    cfg = json.loads((ck / "model_config.json").read_text())
+    assert cfg["layout"] == {"kind": "paper", "attention": "block_causal", "rope": "interleaved"}
+    assert load_recipe(ck / "recipe.yaml") == recipe(
+        tiny_recipe, shards, "train.checkpoint_every=20", "train.keep_last=1"
+    )
+    # the folder is a model: EMA weights are its default, the raw weights sit beside them
+    model = VincieModel.from_pretrained(ck)
+    ema = load_safetensors(ck / "dit.safetensors")
+    raw = load_safetensors(ck / "dit_raw.safetensors")
+    for k, p in model.dit.state_dict().items():
+        assert torch.equal(p, ema[k]), k
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)
+    for k, p in state.model.dit.state_dict().items():
+        assert torch.equal(p.cpu(), raw[k]), k
+    # the checkpoint's loss on the same data equals... its recorded step
+    js = json.loads((ck / "trainer_state.json").read_text())
+    assert js["step"] == STEPS and js["tokens"] == state.tokens and js["data"][0]["format"]
+
+
+def test_resume_continues_exactly(run_a, tiny_recipe, shards, tmp_path, monkeypatch):
+    """Interrupted at step 23 (Ctrl-C saves step 23), resumed: the same losses step for step."""
+    state_a, _, _ = run_a
+    r = recipe(tiny_recipe, shards, "train.checkpoint_every=20", "train.keep_last=1")
+    real_step = L.train_step
+
+    def interrupting(state):
+        if state.step == 23:
+            raise KeyboardInterrupt
+        return real_step(state)
+
+    monkeypatch.setattr(L, "train_step", interrupting)
+    first = L.setup(r, out_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        L.fit(first)
+    assert (tmp_path / "latest").read_text().strip() == "step-00000023"
+    monkeypatch.setattr(L, "train_step", real_step)
+    with pytest.raises(UsageError, match="--resume"):
+        L.setup(r, out_dir=tmp_path)  # a folder with checkpoints needs --resume
+    second = L.train(r, out_dir=tmp_path, resume=True)
+    losses = [h["loss"] for h in first.history] + [h["loss"] for h in second.history]
+    assert losses == [h["loss"] for h in state_a.history]
+    a = state_a.model.dit.state_dict()
+    for k, p in second.model.dit.state_dict().items():
+        assert torch.equal(p, a[k]), k
+
+
+def test_checkpoint_of_another_architecture(run_a, tiny_recipe, shards, tmp_path):
+    import shutil
+
+    _, out, _ = run_a
+    shutil.copytree(out / "step-00000040", tmp_path / "step-00000040")
+    (tmp_path / "latest").write_text("step-00000040\n")
+    r = recipe(tiny_recipe, shards, "model.dit.num_layers=3")
+    with pytest.raises(BadInputError, match=r"architecture.*dit\.num_layers 3 vs 2"):
+        L.setup(r, out_dir=tmp_path, resume=True)
+    r = recipe(tiny_recipe, shards, "model.dit.vid_dim=48", f"model.init={out / 'step-00000040'}")
+    with pytest.raises(BadInputError, match=r"differs.*dit\.vid_dim 48 vs 32"):
+        L.setup(r, out_dir=tmp_path / "other")
+
+
+def test_missing_shards_and_sources(tiny_recipe, tmp_path):
+    r = load_recipe(tiny_recipe, tiny_overrides(tmp_path / "nowhere"))
+    with pytest.raises(BadInputError, match="nowhere: no such shard"):
+        L.setup(r, out_dir=tmp_path / "run")
+    r = load_recipe(tiny_recipe, ["data.sources=[]"])
+    with pytest.raises(UsageError, match="data.sources"):
+        L.setup(r, out_dir=tmp_path / "run")
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tiny_recipe, shards, tmp_path, monkeypatch):
+    import vincie_cli.model.weights as W
+
+    r = recipe(tiny_recipe, shards, "train.max_steps=4", "train.checkpoint_every=2")
+    state = L.setup(r, out_dir=tmp_path)
+    L.train_step(state)
+    L.train_step(state)
+    L.save_checkpoint(state)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    L.train_step(state)
+    real = W.save_state_dict
+    calls = {"n": 0}
+
+    def full_disk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(W, "save_state_dict", full_disk)
+    with pytest.raises(VincieError, match=r"could not write checkpoint step-00000003 \(No space left on device\); "
+                                          r"the previous checkpoint step-00000002 is intact"):  # fmt: skip
+        L.save_checkpoint(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp folder left, latest untouched
+    assert (tmp_path / "latest").read_text().strip() == "step-00000002"
+    from vincie_cli.model.pipeline import VincieModel, folder_sha256
+
+    VincieModel.from_pretrained(tmp_path / "step-00000002")
+    # with space again, the next save works; the frozen autoencoder and text encoder files are hard links
+    monkeypatch.setattr(W, "save_state_dict", real)
+    new = L.save_checkpoint(state)
+    state.lock.release()
+    old = tmp_path / "step-00000002"
+    for rel in [
+        "vae.safetensors",
+        *(p.relative_to(old).as_posix() for p in (old / "text_encoder").rglob("*") if p.is_file()),
+    ]:
+        assert (new / rel).stat().st_ino == (old / rel).stat().st_ino, rel
+    meta = json.loads((new / "meta.json").read_text())
+    assert meta["sha256"] == folder_sha256(new, verify=True)  # recorded hashes are right for linked files too
+    VincieModel.from_pretrained(new)
+
+
+def test_non_finite_steps_are_skipped_then_stop(tiny_recipe, shards, tmp_path, monkeypatch):
+    real = L.make_inputs
+    poison = {2, 3}
+
+    def maybe_nan(state, batch, gen):
+        packed = real(state, batch, gen)
+        if state.step in poison:
+            packed.target[0, 0] = float("nan")
+        return packed
+
+    monkeypatch.setattr(L, "make_inputs", maybe_nan)
+    events = []
+    r = recipe(tiny_recipe, shards, "train.max_steps=6", "train.checkpoint_every=100", "train.max_bad_steps=3")
+    state = L.setup(r, out_dir=tmp_path / "a", emit=events.append)
+    snapshots = []
+    for _ in range(6):
+        snapshots.append({k: p.detach().clone() for k, p in state.trainable.items()})
+        L.train_step(state)
+    state.lock.release()
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert state.bad_total == 2 and state.bad_run == 0
+    assert [e["step"] for e in events if e.get("event") == "bad_step"] == [3, 4]
+    # the poisoned steps (3rd and 4th) left the weights alone; the good ones moved them
+    assert same(snapshots[2], snapshots[3]) and same(snapshots[3], snapshots[4])
+    assert not same(snapshots[1], snapshots[2]) and not same(snapshots[4], snapshots[5])
+    assert all(torch.isfinite(p).all() for p in state.trainable.values())
+    poison.update(range(100))
+    r = recipe(tiny_recipe, shards, "train.max_steps=10", "train.max_bad_steps=3")
+    with pytest.raises(VincieError, match="3 non-finite steps in a row"):
+        L.train(r, out_dir=tmp_path / "b")
+
+
+def test_validation_sessions_are_edited_and_saved_as_a_grid(tiny_recipe, shards, tmp_path):
+    from PIL import Image
+
+    sets = ["train.max_steps=2", "eval.every=2", "eval.sessions=2", "eval.turns=2", "eval.steps=2",
+            "eval.cfg_scale=2.0", f"data.val_sources=[{shards}]"]  # fmt: skip
+    events = []
+    L.train(recipe(tiny_recipe, shards, *sets), out_dir=tmp_path, emit=events.append)
+    (val,) = [e for e in events if e["event"] == "validation"]
+    assert val["step"] == 2 and val["sessions"] == 2
+    assert set(val) >= {"psnr", "psnr_turn1", "psnr_turn2"} and 0 < val["psnr"] < 99
+    grid = Image.open(val["path"])
+    assert grid.size == (3 * 34, 4 * 34)  # 2 sessions x (truth, generated) rows, input + 2 turns
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="model/pipeline.py rebuilds ModelConfig without `layout` in from_pretrained/save_pretrained "
+    "(owner: model core); remove this marker once it keeps the layout",
+)
+def test_loaded_checkpoint_knows_its_conditioning_layout(run_a):
+    from vincie_cli.model.pipeline import VincieModel
+
+    _, out, _ = run_a
+    model = VincieModel.from_pretrained(out / "step-00000040")
+    assert model.config.layout == {"kind": "paper", "attention": "block_causal", "rope": "interleaved"}
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["model.layout=released", "tasks.context_loss_weight=0.1", "tasks.max_targets=2"],
+        ["model.attention=full", "model.rope=text_then_image"],
+        ["train.precision=bf16", "data.aspect=adaptive", "train.grad_accum=2"],
+    ],
+    ids=["released", "full-text_then_image", "bf16-adaptive-accum"],
+)
+def test_training_options_run(tiny_recipe, shards, tmp_path, sets):
+    state = L.train(
+        recipe(tiny_recipe, shards, "train.max_steps=3", "train.checkpoint_every=3", *sets), out_dir=tmp_path
+    )
+    assert len(state.history) == 3 and all(h["finite"] for h in state.history)
+    if "model.layout=released" in sets:
+        assert "context" in state.history[0]["losses"]
+
+
+def test_activation_checkpointing_gives_the_same_losses(tiny_recipe, shards, tmp_path):
+    runs = []
+    for i, flag in enumerate(("false", "true")):
+        r = recipe(tiny_recipe, shards, "train.max_steps=3", f"model.gradient_checkpointing={flag}")
+        runs.append([h["loss"] for h in L.train(r, out_dir=tmp_path / str(i)).history])
+    assert runs[0] == runs[1]

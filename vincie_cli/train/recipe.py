@@ -1,0 +1,257 @@
+"""The training recipe: one YAML file = one `Recipe` (dataclasses below are the single source of truth).
+
+    vincie train recipes/tiny.yaml --set optim.lr=3e-4 --set train.max_steps=50 --print-config
+
+Loading is strict: an unknown key or a value of the wrong type is a `UsageError` naming the dotted key.
+`--set a.b=value` overrides are parsed as YAML. `model.dit` / `model.vae` / `model.text` are mappings of
+fields that override the preset's `DiTConfig` / `VAEConfig` / `TextEncoderConfig`; they are checked when
+the model config is resolved (`resolve_model_config`). Every checkpoint holds the resolved recipe.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vincie_cli.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from vincie_cli.utils.io import UsageError
+
+TASKS = ("nip", "csp", "nsp")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise UsageError(f"{key}: {msg}")
+
+
+def _prob(value: float, key: str) -> None:
+    _check(0.0 <= value <= 1.0, key, f"expected a probability in [0, 1], got {value}")
+
+
+@dataclass
+class LoraSection:
+    """LoRA adapters (through peft) on the DiT's linear layers; rank 0 trains all DiT weights instead."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # module names (last path components) in the transformer blocks that get adapters
+    targets: list[str] = field(default_factory=lambda: ["proj_qkv", "proj_out", "proj_in", "proj_in_gate"])
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 0, "model.lora.rank", f"expected >= 0, got {self.rank}")
+        _check(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"expected in [0, 1), got {self.dropout}")
+        _check(bool(self.targets), "model.lora.targets", "name at least one module")
+
+
+@dataclass
+class ModelSection:
+    """Which network to train and how its inputs are laid out."""
+
+    preset: str | None = "tiny"  # tiny | mini | 3b | 7b (model/presets.py); None: the architecture of `init`
+    init: str | None = None  # start from weights: our model folder, a checkpoint folder, or a release folder
+    text_init: str | None = None  # a text encoder folder to use (e.g. the release's llm14b/) instead of the model's
+    dit: dict[str, Any] = field(default_factory=dict)  # DiTConfig field overrides
+    vae: dict[str, Any] = field(default_factory=dict)  # VAEConfig field overrides
+    text: dict[str, Any] = field(default_factory=dict)  # TextEncoderConfig field overrides
+    layout: Literal["paper", "released"] = "paper"  # conditioning layout (docs/training.md)
+    attention: Literal["block_causal", "full"] = "block_causal"  # paper layout only
+    rope: Literal["interleaved", "text_then_image"] = "interleaved"  # paper layout only
+    attention_precision: Literal["bf16", "fp32"] = "fp32"  # "bf16": the release's q/k/v rounding
+    frozen_dtype: Literal["fp32", "bf16"] = "fp32"  # the frozen autoencoder (and byte/T5 text encoder)
+    gradient_checkpointing: bool = False
+    lora: LoraSection = field(default_factory=LoraSection)
+
+    def __post_init__(self) -> None:
+        _check(self.preset is not None or self.init is not None, "model.preset", "give a preset or model.init")
+
+
+@dataclass
+class DataSection:
+    """Where sessions come from and how frames become latents."""
+
+    sources: list[str] = field(default_factory=list)  # shard files, globs, folders, fsspec URLs
+    split: str | None = "train"
+    val_sources: list[str] = field(default_factory=list)  # validation sessions (default: split "val" of sources)
+    resolution: int = 256  # area target: frames are resized to about resolution² pixels
+    aspect: Literal["keep_ratio", "adaptive"] = "keep_ratio"  # adaptive: snap to the nearest bucket
+    aspect_buckets: list[str] = field(default_factory=lambda: ["9:16", "3:4", "1:1", "4:3", "16:9"])
+    max_source_side: int | None = None  # shrink decoded frames first (saves decode time for big sources)
+    max_turns: int = 5  # longer sessions are cut to a random window of this many turns
+    shuffle_buffer: int = 256
+    num_workers: int = 0  # DataLoader worker processes per rank
+    use_cache: bool = False  # use the latent cache beside the shards (must be made by this very model)
+    errors: Literal["raise", "skip"] = "raise"
+
+    def __post_init__(self) -> None:
+        _check(self.resolution >= 16, "data.resolution", f"expected >= 16, got {self.resolution}")
+        _check(self.max_turns >= 1, "data.max_turns", f"expected >= 1, got {self.max_turns}")
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "expected >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", "expected >= 0")
+        for r in self.aspect_buckets:
+            w, _, h = r.partition(":")
+            _check(w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0, "data.aspect_buckets", f"bad {r!r}")
+
+
+@dataclass
+class TasksSection:
+    """Context composition (paper §3.3, §4.1): proxy tasks, dropout and loss weights."""
+
+    roe_prob: float = 0.8  # a session uses its RoE masks with this probability
+    drop_current_frame: float = 0.2  # per turn: hide the turn's source image from every later target
+    drop_current_mask: float = 0.7  # per turn: leave out the source-frame mask (no CSP step)
+    drop_next_mask: float = 0.7  # per turn: leave out the target-frame mask (no NSP step)
+    text_dropout: float = 0.1  # per session: every step text becomes "" (for classifier-free guidance)
+    camera_prefix: bool = True  # prepend "[###CAMERA: motion###] " to instructions, as the release saw them
+    template: bool = True  # the released "Based on <IMGi>, ... Output <IMGj>: " template (prompts.py)
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"nip": 1.0, "csp": 1.0, "nsp": 1.0})
+    context_loss_weight: float = 0.0  # released layout: loss weight on the (noised) context frames
+    max_targets: int = 0  # released layout / full attention: targets per session (0 = all), drawn at random
+
+    def __post_init__(self) -> None:
+        for name in ("roe_prob", "drop_current_frame", "drop_current_mask", "drop_next_mask", "text_dropout"):
+            _prob(getattr(self, name), f"tasks.{name}")
+        unknown = sorted(set(self.loss_weights) - set(TASKS))
+        _check(not unknown, "tasks.loss_weights", f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        for k, v in self.loss_weights.items():
+            _check(v >= 0, f"tasks.loss_weights.{k}", f"expected >= 0, got {v}")
+        _check(self.context_loss_weight >= 0, "tasks.context_loss_weight", "expected >= 0")
+        _check(self.max_targets >= 0, "tasks.max_targets", "expected >= 0")
+
+    def weight(self, task: str) -> float:
+        return float(self.loss_weights.get(task, 1.0))
+
+
+@dataclass
+class FlowSection:
+    timestep_loc: float = 0.0  # logit-normal training timesteps: t = 1000 sigmoid(loc + scale z)
+    timestep_scale: float = 1.0
+    vae_sample: bool = False  # encode with a posterior sample instead of the mean
+
+    def __post_init__(self) -> None:
+        _check(self.timestep_scale > 0, "flow.timestep_scale", "expected > 0")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # matrices only; norms, biases, modulation offsets and embeddings get none
+    warmup_steps: int = 100
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # the decayed lr ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 = off
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"expected > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", "expected >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "expected in [0, 1]")
+        _check(self.grad_clip >= 0, "optim.grad_clip", "expected >= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"expected in [0, 1), got {self.betas}")
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 1000
+    max_time: float | None = None  # seconds; stop (and checkpoint) when reached
+    tokens_per_batch: int = 8192  # token budget of one micro-batch per process (video + text tokens)
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast (weights and optimizer stay fp32)
+    seed: int = 0
+    ema_decay: float = 0.9998  # 0 = no EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) so short runs get a useful EMA
+    checkpoint_every: int = 1000
+    keep_last: int = 3  # checkpoints kept (older ones are deleted once a newer one is complete)
+    max_bad_steps: int = 20  # stop after this many non-finite steps in a row
+    threads: int | None = None  # CPU threads for torch (None: torch's default)
+    compile: bool = False  # torch.compile the transformer
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "train.max_steps", f"expected >= 1, got {self.max_steps}")
+        _check(self.tokens_per_batch >= 16, "train.tokens_per_batch", "expected >= 16")
+        _check(self.grad_accum >= 1, "train.grad_accum", "expected >= 1")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "expected >= 1")
+        _check(self.keep_last >= 1, "train.keep_last", "expected >= 1")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", "expected >= 1")
+        _check(self.max_time is None or self.max_time > 0, "train.max_time", "expected > 0")
+
+
+@dataclass
+class EvalSection:
+    """Validation editing sessions, saved as image grids under <out>/val/."""
+
+    every: int = 0  # steps between validations (0 = off)
+    sessions: int = 4
+    turns: int = 3  # turns generated per session (fewer when a session is shorter)
+    steps: int = 10  # sampling steps
+    shift: float = 3.0  # sampling grid shift (the release uses 12 at 256²; small images want less)
+    cfg_scale: float = 1.0  # guidance against empty texts (1.0 = no guidance, one pass)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", "expected >= 0")
+        _check(self.sessions >= 1 and self.turns >= 1 and self.steps >= 1, "eval", "sessions, turns, steps >= 1")
+
+
+@dataclass
+class LogSection:
+    every: int = 10  # steps between train_event records / tracker logs
+    tensorboard: bool = True
+    wandb: bool = False
+    peak_tflops: float | None = None  # per device, for MFU (None: known GPUs are detected; CPU reports none)
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "log.every", "expected >= 1")
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    out_dir: str | None = None  # default: runs/<name>
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    tasks: TasksSection = field(default_factory=TasksSection)
+    flow: FlowSection = field(default_factory=FlowSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def output_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    try:
+        return from_dict(Recipe, data)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML, apply `--set key=value` overrides, and check it (errors name file and key)."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    return recipe_from_dict(data, str(path))
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what --print-config prints and checkpoints store)."""
+    return dump_yaml(recipe)
+
+
+def lr_at(step: int, optim: OptimSection, max_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the chosen decay."""
+    if optim.warmup_steps > 0 and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.decay == "constant":
+        return optim.lr
+    span = max(1, max_steps - optim.warmup_steps)
+    p = min(1.0, max(0.0, (step - optim.warmup_steps) / span))
+    floor = optim.lr * optim.min_lr_ratio
+    if optim.decay == "linear":
+        return floor + (optim.lr - floor) * (1 - p)
+    return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * p))
