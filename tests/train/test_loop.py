@@ -223,11 +223,6 @@ def test_validation_sessions_are_edited_and_saved_as_a_grid(tiny_recipe, shards,
     assert grid.size == (3 * 34, 4 * 34)  # 2 sessions x (truth, generated) rows, input + 2 turns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model/pipeline.py rebuilds ModelConfig without `layout` in from_pretrained/save_pretrained "
-    "(owner: model core); remove this marker once it keeps the layout",
-)
 def test_loaded_checkpoint_knows_its_conditioning_layout(run_a):
     from vincie_cli.model.pipeline import VincieModel
 

@@ -598,7 +598,7 @@ class VincieTransformer(nn.Module):
             e = self._time_chunks(torch.cat([ts, ft]))
             per_frame = [h * w for t, h, w in patched for _ in range(t)]
             ev = _Emb(e, b + _group_index(per_frame, device))
-            et = _Emb(e, None if b == 1 else sample_of_txt)
+            et = _Emb(e, sample_of_txt)  # e has 1 + frames rows even for one sample
 
         # RoPE
         if vid_pos is None:

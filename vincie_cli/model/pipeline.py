@@ -16,6 +16,7 @@ about the weights' size in memory, not twice that.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -388,7 +389,7 @@ class VincieModel(nn.Module):
                 hashes = self.text_encoder.save_pretrained(tmp / TEXT_DIR)
                 known.update({f"{TEXT_DIR}/{k}": v for k, v in hashes.items()})
                 text_cfg = self.text_encoder.config
-            cfg = ModelConfig(self.config.name, self.dit.config, self.vae.config, text_cfg)
+            cfg = dataclasses.replace(self.config, dit=self.dit.config, vae=self.vae.config, text=text_cfg)
             atomic_write_json(tmp / MODEL_CONFIG_FILE, cfg.to_dict())
             source = {"from": str(self.path) if self.path else None, "layout": self.layout}
             if self.text_encoder is None:
@@ -459,7 +460,7 @@ class VincieModel(nn.Module):
                         "%s: no %s/ folder; the model has no text encoder (pass text_path=...)", folder, TEXT_DIR
                     )
             if text is not None:
-                config = ModelConfig(config.name, config.dit, config.vae, text.config)
+                config = dataclasses.replace(config, text=text.config)
         if text is not None and text.dim != dit.config.txt_in_dim:
             raise BadInputError(
                 f"{folder}: text encoder width {text.dim} does not match the DiT's txt_in_dim {dit.config.txt_in_dim}"

@@ -430,11 +430,6 @@ def pack_samples(
     block-causal samples).
     """
     dev = torch.device(device)
-    real = len(samples)
-    if spec.kind == "paper" and len(samples) == 1:
-        # Work-around: VincieTransformer.forward mis-indexes the text modulation when frame_timestep is given
-        # for a single sample; a 2-token dummy sample (never attended to, no loss) avoids that path.
-        samples, step_states, owners = _with_dummy(samples, step_states, owners)
     vid = torch.cat([s.vid for s in samples]).to(dev)
     vid_shape = torch.tensor([list(s.shape) for s in samples], dtype=torch.long, device=dev)
     txt_states = [[step_states[o][k] for k in s.steps] for s, o in zip(samples, owners)]
@@ -476,7 +471,7 @@ def pack_samples(
     rows, targets, groups = [], [], []
     present: dict[int, float] = {}
     offset = 0
-    for s in samples[:real]:
+    for s in samples:
         T, h, w = s.shape
         per = h * w
         for slot, g, wgt, x0, eps in s.loss:
@@ -511,27 +506,6 @@ def pack_samples(
         txt_lens=txt_lens,
         attended_pairs=attended,
     )
-
-
-def _with_dummy(samples, step_states, owners):
-    s0 = samples[0]
-    (ph, pw), c_in = s0.patch, s0.vid.shape[1]
-    d = step_states[owners[0]][0].shape[1]
-    dummy = DitSample(
-        vid=torch.zeros(ph * pw, c_in),
-        shape=(1, ph, pw),
-        steps=[0],
-        timestep=0.0,
-        frame_t=torch.zeros(1),
-        vid_pos=torch.zeros(1, 3),
-        txt_pos=torch.zeros(1, 3),
-        roles=None,
-        vid_tokens=1,
-        text_tokens=1,
-        patch=s0.patch,
-    )
-    empty = torch.zeros(0, d, dtype=step_states[owners[0]][0].dtype, device=step_states[owners[0]][0].device)
-    return [*samples, dummy], [*step_states, [empty]], [*owners, len(step_states)]
 
 
 def run_dit(dit, packed: PackedInput) -> Tensor:
