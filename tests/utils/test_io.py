@@ -102,3 +102,21 @@ def test_repair_jsonl_tail_before_append(tmp_path):
     append_jsonl(p, {"a": 3})
     assert list(read_jsonl(p, strict=True)) == [{"a": 1}, {"a": 3}]
     assert repair_jsonl_tail(p) is False
+
+
+def test_cached_sha256_rehashes_changed_files(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from vincie_cli.utils import io
+
+    monkeypatch.setenv("VINCIE_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert io.cached_sha256_file(f) == hashlib.sha256(b"abc").hexdigest()
+    calls = []
+    monkeypatch.setattr(io, "sha256_file", lambda p: calls.append(p) or "x")
+    assert io.cached_sha256_file(f) == hashlib.sha256(b"abc").hexdigest() and calls == []
+    f.write_bytes(b"abcd")
+    os.utime(f, ns=(1, 1))
+    assert io.cached_sha256_file(f) == "x" and len(calls) == 1

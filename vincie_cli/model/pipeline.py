@@ -41,7 +41,7 @@ from vincie_cli.model.weights import (
     safetensors_header_digest,
     save_state_dict,
 )
-from vincie_cli.utils.io import BadInputError, VincieError, atomic_write_json, sha256_file
+from vincie_cli.utils.io import BadInputError, VincieError, atomic_write_json, cached_sha256_file, sha256_file
 from vincie_cli.utils.log import get_logger
 
 log = get_logger(__name__)
@@ -356,7 +356,7 @@ class VincieModel(nn.Module):
                 rels = list(RELEASE_FILES)
                 if (self.path / RELEASE_TEXT_DIR).is_dir():
                     rels += [f"{RELEASE_TEXT_DIR}/{r}" for r in _rel_files(self.path / RELEASE_TEXT_DIR)]
-                self._sha256 = _combined({rel: sha256_file(self.path / rel) for rel in rels})
+                self._sha256 = _combined({rel: cached_sha256_file(self.path / rel) for rel in rels})
             else:
                 h = hashlib.sha256()
                 for part in (self.dit, self.vae, self.text_encoder):

@@ -287,6 +287,38 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """Per-user cache folder: $VINCIE_CACHE, else $XDG_CACHE_HOME/vincie, else ~/.cache/vincie."""
+    env = os.environ.get("VINCIE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vincie"
+
+
+def cached_sha256_file(path: str | os.PathLike) -> str:
+    """`sha256_file`, remembered per user by (real path, size, mtime) so big read-only weights are hashed once.
+
+    A changed file (size or modification time) is hashed again; an unwritable cache only costs time.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_dir() / "file-hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = sha256_file(p)
+    known[key] = digest
+    try:
+        atomic_write_json(store, known, indent=None)
+    except OSError:
+        pass
+    return digest
+
+
 def relpath(path: str | os.PathLike, start: str | os.PathLike) -> str:
     """`path` relative to directory `start`, with forward slashes (records store these)."""
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
