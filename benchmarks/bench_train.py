@@ -8,7 +8,7 @@
 `cpu` runs `train.loop` (composition, preprocessing, VAE and text encoding, packing, forward, backward,
 AdamW, EMA) on in-memory synthetic-world sessions at the recipe's resolution and reports steps/s,
 tokens/s and sessions/s. `gpu` times the transformer's training step alone (fwd + bwd + AdamW) on packed
-block-causal sessions built by `train.layouts` (random latents and text states), with activation
+block-causal sessions built by `model.layouts` (random latents and text states), with activation
 checkpointing and bf16 autocast, and reports tokens/s, MFU (model FLOPs counting only the attention pairs
 the mask allows) and peak memory. Each prints one JSON line.
 """
@@ -103,7 +103,7 @@ def gpu_batch(config, tokens: int, frame_hw: tuple[int, int], turns: int, text_l
     """Packed block-causal sessions (turns with both masks) up to `tokens`, random latents and text states."""
     import torch
 
-    from vincie_cli.train.layouts import LayoutSpec, pack_samples, training_samples
+    from vincie_cli.model.layouts import LayoutSpec, pack_samples, training_samples
 
     spec = LayoutSpec("paper", "block_causal", "interleaved")
     g = torch.Generator().manual_seed(seed)
@@ -136,7 +136,7 @@ def bench_gpu(args: argparse.Namespace) -> dict:
 
     from vincie_cli.model.dit import DiTConfig, build_dit
     from vincie_cli.model.presets import get_preset
-    from vincie_cli.train.layouts import run_dit
+    from vincie_cli.model.layouts import run_dit
     from vincie_cli.train.loop import PEAK_TFLOPS, batch_flops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,9 +3,9 @@ import pytest
 
 from tests.sessions.helpers import write_png
 from vincie_cli.segment.oracle import OracleSegmenter
-from vincie_cli.segment.roe import load_mask
 from vincie_cli.segment.runner import run_segment
 from vincie_cli.utils.io import BadInputError, read_jsonl, write_jsonl
+from vincie_cli.utils.masks import load_mask
 
 
 def synth_clip_records(root, seeds=(1, 2), n_frames=5, size=64):

@@ -6,15 +6,12 @@ from vincie_cli.records import normalize_annotation
 from vincie_cli.segment.roe import (
     Detection,
     box_of,
-    decode_mask_png,
-    encode_mask_png,
     entity_queries,
     fuse,
-    load_mask,
     planned_rule,
-    save_mask,
 )
 from vincie_cli.utils.io import BadInputError
+from vincie_cli.utils.masks import decode_mask_png, encode_mask_png, load_mask, save_mask
 
 H, W = 12, 16
 

@@ -7,9 +7,10 @@ import pytest
 from tests.sessions.helpers import write_clips
 from vincie_cli.cli import main
 from vincie_cli.records import resolve_path
-from vincie_cli.segment.roe import Detection, load_mask
+from vincie_cli.segment.roe import Detection
 from vincie_cli.segment.runner import DetectorSegmenter, run_segment
 from vincie_cli.utils.io import BadInputError, read_jsonl
+from vincie_cli.utils.masks import load_mask
 
 
 def bright_detector(images, queries):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.train.helpers import synth_session, tiny_overrides
+from vincie_cli.model.layouts import LayoutSpec, pack_samples, training_samples
 from vincie_cli.train import loop as L
 from vincie_cli.train.batching import Preparer, TokenBatcher, bucket_of
-from vincie_cli.train.layouts import LayoutSpec, pack_samples, training_samples
 from vincie_cli.train.recipe import load_recipe
 from vincie_cli.utils.io import UsageError, VincieError
 

@@ -106,10 +106,10 @@ def sample_paper_round(
     *,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
-    """One round in the paper's layout (clean context tokens + one noisy target, `train.layouts`): returns
+    """One round in the paper's layout (clean context tokens + one noisy target, `model.layouts`): returns
     the new frame's latent (h, w, C). context: (K, h, w, C); noise: (1, h, w, C) fp32 (only the target is
     noised); steps_pos: per text step the prompt states (K of them); steps_neg: the negative's steps."""
-    from vincie_cli.train.layouts import make_denoiser
+    from vincie_cli.model.layouts import make_denoiser
 
     k, h, w, c = context.shape
     if tuple(noise.shape) != (1, h, w, c):

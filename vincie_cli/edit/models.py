@@ -119,7 +119,7 @@ def conditioning_layout(model) -> dict[str, str]:
     layout = getattr(getattr(model, "config", None), "layout", None)
     if layout is None:
         return {"kind": "released"}
-    from vincie_cli.train.layouts import LayoutSpec
+    from vincie_cli.model.layouts import LayoutSpec
 
     spec = LayoutSpec.of(layout)
     return {"kind": "released"} if spec.kind == "released" else spec.to_dict()

@@ -59,7 +59,7 @@ class ModelConfig:
     dit: DiTConfig
     vae: VAEConfig
     text: TextEncoderConfig
-    # the conditioning layout the weights were trained in (`vincie train` writes it; train/layouts.py):
+    # the conditioning layout the weights were trained in (`vincie train` writes it; model/layouts.py):
     # {"kind": "released"} or {"kind": "paper", "attention": "full" | "block_causal", "rope": ...}; None = released
     layout: dict[str, str] | None = field(default=None)
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vincie_cli.records import normalize_annotation, rebase_clip, rebase_path, resolve_path, validate_clip
-from vincie_cli.segment.roe import RoEResult, coverage, fuse, save_mask
+from vincie_cli.segment.roe import RoEResult, coverage, fuse
 from vincie_cli.utils.io import (
     BadInputError,
     DirLock,
@@ -36,6 +36,7 @@ from vincie_cli.utils.io import (
     write_jsonl,
 )
 from vincie_cli.utils.log import get_logger, progress
+from vincie_cli.utils.masks import save_mask
 
 log = get_logger(__name__)
 

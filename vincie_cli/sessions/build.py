@@ -143,7 +143,7 @@ def encode_mask(data: bytes, frame_size: tuple[int, int], out_size: tuple[int, i
     """Mask image -> (1-bit PNG at the stored frame size, coverage). Its size must be the frame's (w, h)."""
     from PIL import Image
 
-    from vincie_cli.segment.roe import decode_mask_png, encode_mask_png
+    from vincie_cli.utils.masks import decode_mask_png, encode_mask_png
 
     mask = decode_mask_png(data, where)
     if (mask.shape[1], mask.shape[0]) != tuple(frame_size):

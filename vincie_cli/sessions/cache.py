@@ -242,7 +242,7 @@ def _session_inputs(members: dict[str, bytes], where: str, masks: bool) -> tuple
     frames = [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
     mask_imgs = []
     if masks:
-        from vincie_cli.segment.roe import decode_mask_png
+        from vincie_cli.utils.masks import decode_mask_png
 
         for k, turn in enumerate(info["turns"]):
             for side in ("src", "dst"):

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from vincie_cli.records import camera_tag
-from vincie_cli.segment.roe import decode_mask_png
 from vincie_cli.utils.io import BadInputError
+from vincie_cli.utils.masks import decode_mask_png
 
 SESSION_FORMAT = "vincie-session/1"
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vincie_cli.model.layouts import LayoutSpec
 from vincie_cli.train.composition import Composition, compose, session_rng
-from vincie_cli.train.layouts import LayoutSpec
 from vincie_cli.utils.io import UsageError
 from vincie_cli.utils.log import get_logger
 

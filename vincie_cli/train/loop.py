@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vincie_cli.model.layouts import GROUPS, LayoutSpec, pack_samples, run_dit, training_samples
 from vincie_cli.train.batching import Prepared, Preparer, TokenBatcher
 from vincie_cli.train.checkpoint import (
     STATE_FORMAT,
@@ -34,7 +35,6 @@ from vincie_cli.train.checkpoint import (
     load_state,
 )
 from vincie_cli.train.ema import EMA
-from vincie_cli.train.layouts import GROUPS, LayoutSpec, pack_samples, run_dit, training_samples
 from vincie_cli.train.optim import build_optimizer, flatten_state, set_lr, unflatten_state
 from vincie_cli.train.recipe import Recipe, lr_at, recipe_yaml
 from vincie_cli.utils.io import BadInputError, DirLock, UsageError, VincieError

@@ -27,10 +27,10 @@ def generate_session(state, session, turns: int, seed: int) -> tuple[list[np.nda
     from vincie_cli.flow.sampler import euler_sample
     from vincie_cli.flow.schedule import sampling_timesteps
     from vincie_cli.model.images import postprocess, preprocess
+    from vincie_cli.model.layouts import make_denoiser
     from vincie_cli.prompts import TurnSpec, plan_session
     from vincie_cli.records import camera_tag
     from vincie_cli.train.batching import _float_image, _resize_to
-    from vincie_cli.train.layouts import make_denoiser
 
     r = state.recipe
     model, dev = state.model, state.device

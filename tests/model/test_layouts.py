@@ -7,8 +7,7 @@ import torch
 
 from vincie_cli.model.conditioning import ReleasedDenoiser, build_condition
 from vincie_cli.model.dit import assemble_session_text, build_dit
-from vincie_cli.model.presets import get_preset
-from vincie_cli.train.layouts import (
+from vincie_cli.model.layouts import (
     CLEAN,
     NOISY,
     TEXT,
@@ -20,6 +19,7 @@ from vincie_cli.train.layouts import (
     step_positions,
     training_samples,
 )
+from vincie_cli.model.presets import get_preset
 
 C, H, W, F = 16, 4, 4, 5
 TASKS = ["nip", "csp", "nip", "nsp"]
