@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("edit", "edit"),
     "story": ("story", "story"),
     "train": ("train", "train"),
+    "demo": ("demo", "demo"),
 }
 
 

@@ -235,9 +235,7 @@ def run_session_command(kw: dict[str, Any], images: tuple[Path, ...], default_ro
     from vincie_cli.edit.models import default_model_path, is_synthetic_world_scene, load_model
     from vincie_cli.edit.session import EditSession, check_prompts, read_session, session_path
     from vincie_cli.edit.settings import EditSettings, TurnControl
-    from vincie_cli.utils.log import get_logger
 
-    log = get_logger("cli.edit")
     overrides = collect_settings(kw)
     prompts = collect_prompts(kw["prompts"], kw["prompts_file"])
     resume, from_turn, out_dir = kw["resume"], kw["from_turn"], kw["out_dir"]
@@ -272,10 +270,13 @@ def run_session_command(kw: dict[str, Any], images: tuple[Path, ...], default_ro
         spec = kw["model"]
         if spec is None:
             spec = default_model_path()
-            if not all(is_synthetic_world_scene(p) for p in images):
-                log.warning(
-                    "no --model given: using the packaged mini model, which only knows synthetic-world scenes; pass "
-                    "--model path/to/VINCIE-3B for real photos"
+            strangers = [str(p) for p in images if not is_synthetic_world_scene(p)]
+            if strangers:
+                raise UsageError(
+                    f"{strangers[0]}: no --model given, and the packaged mini model only knows synthetic-world "
+                    "scenes (`vincie synth`); for other images pass the released weights, e.g. --model "
+                    "path/to/VINCIE-3B (download ByteDance-Seed/VINCIE-3B from Hugging Face) or a folder "
+                    "written by `vincie convert` / `vincie train`"
                 )
         if out_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -427,6 +427,9 @@ def synthetic_cmd(
         items, folder = synthetic.load_or_make(benchmark, out, sessions, size, turns, seed_offset, limit)
         if model is not None:
             settings = _gen_settings(gen_set, seed, device)
+            # generate at the benchmark's frame size (area resolution), unless --gen-set says otherwise
+            w, h = items[0].size
+            settings.setdefault("resolution", int(round((w * h) ** 0.5)))
             if chain:
                 settings["chain"] = chain
             res_dir = generate(

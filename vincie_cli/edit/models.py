@@ -43,12 +43,13 @@ def default_model_path() -> Path:
 
 
 def is_synthetic_world_scene(image: Any) -> bool:
-    """Whether an input image is a synthetic-world scene that the packaged `mini` model can edit.
+    """Whether an input image (path or PIL image) is a synthetic-world scene the packaged `mini` model can edit."""
+    from vincie_cli.synth.detect import looks_synthetic
 
-    Hook for the packaged model: `vincie edit` warns when the default model gets any other image. Until a
-    detector exists it returns False, so the warning is always given with the default model.
-    """
-    return False
+    try:
+        return looks_synthetic(image)
+    except OSError:
+        return False  # unreadable: the image loader reports it with its own message
 
 
 def resolve_device(name: str) -> str:
