@@ -14,11 +14,14 @@ help: ## list targets
 .venv/bin/python:
 	python3 -m venv .venv
 
-install: .venv/bin/python ## create .venv and install the pinned CPU stack + vincie (editable)
+.venv/.installed: .venv/bin/python requirements-cpu.txt setup.cfg
 	$(PIP) install -q -r requirements-cpu.txt
 	$(PIP) install -q --no-deps -e .
+	touch $@
 
-lint: ## ruff check + format check
+install: .venv/.installed ## create .venv and install the pinned CPU stack + vincie (editable)
+
+lint: .venv/.installed ## ruff check + format check
 	$(PY) -m ruff check vincie_cli tests benchmarks tools
 	$(PY) -m ruff format --check vincie_cli tests benchmarks tools
 
@@ -26,10 +29,10 @@ format: ## fix lint and formatting
 	$(PY) -m ruff check --fix vincie_cli tests benchmarks tools
 	$(PY) -m ruff format vincie_cli tests benchmarks tools
 
-test: ## the fast test suite (what CI runs)
+test: .venv/.installed ## the fast test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-all: ## every CPU test, slow ones included
+test-all: .venv/.installed ## every CPU test, slow ones included
 	$(PY) -m pytest -q -m "not gpu"
 
 test-parity: ## numeric parity against $$VINCIE_PARITY_DIR (default ../shared/parity)
@@ -41,7 +44,7 @@ test-gpu: ## tests that need CUDA
 docs: ## regenerate docs/cli.md from the commands' --help
 	$(PY) tools/gen_cli_docs.py
 
-demo: ## the main job on the embedded defaults (see README)
+demo: .venv/.installed ## the main job on the embedded defaults: videos -> ... -> scored edits, in demo-run/
 	.venv/bin/vincie demo --out-dir demo-run
 
 clean: ## remove caches and build outputs

@@ -163,3 +163,16 @@ def test_dit_config_of_saved_model_matches_weights(tmp_path):
     model.save_pretrained(tmp_path / "m")
     derived = DiTConfig.from_state_dict(load_safetensors(tmp_path / "m" / "dit.safetensors"))
     assert derived == model.config.dit
+
+
+def test_a_training_run_folder_means_its_latest_checkpoint(tmp_path):
+    from vincie_cli.model.pipeline import resolve_model_path
+    from vincie_cli.utils.io import BadInputError
+
+    run = tmp_path / "run"
+    (run / "step-00000010").mkdir(parents=True)
+    (run / "latest").write_text("step-00000010\n")
+    assert resolve_model_path(run) == run / "step-00000010"
+    (run / "latest").write_text("step-00000099")
+    with pytest.raises(BadInputError, match="step-00000099, which does not exist"):
+        resolve_model_path(run)

@@ -68,11 +68,18 @@ def keep_fp32(name: str) -> bool:
 
 
 def resolve_model_path(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as is; an `owner/name` hub id through huggingface_hub (cache first when offline)."""
+    """A local folder as is (a `vincie train` run folder means its `latest` checkpoint); an `owner/name` hub
+    id through huggingface_hub (cache first when offline)."""
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
             raise BadInputError(f"{path}: not a model folder")
+        latest = path / "latest"
+        if latest.is_file() and not (path / MODEL_CONFIG_FILE).exists():
+            step = path / latest.read_text().strip()
+            if not step.is_dir():
+                raise BadInputError(f"{latest}: points at {step.name}, which does not exist")
+            return step
         return path
     text = str(path_or_hub_id)
     if not _HUB_ID.match(text) or text.startswith((".", "/")):
