@@ -56,3 +56,16 @@ def test_chain_and_drag_parsing():
             parse_drag(bad)
     with pytest.raises(UsageError, match="--mask and --drag"):
         TurnControl(mask="m.png", drag=Drag(1, 1))
+
+
+def test_model_recommended_settings_fill_only_what_the_user_left_unset():
+    from types import SimpleNamespace
+
+    from vincie_cli.edit.models import with_model_defaults
+    from vincie_cli.edit.settings import EditSettings
+
+    model = SimpleNamespace(config=SimpleNamespace(sampling={"steps": 20, "shift": 3.0, "resolution": 64}))
+    s = with_model_defaults(EditSettings(steps=7), {"steps"}, model)
+    assert (s.steps, s.shift, s.resolution, s.guidance) == (7, 3.0, 64, 7.5)
+    plain = SimpleNamespace(config=SimpleNamespace(sampling=None))
+    assert with_model_defaults(EditSettings(), set(), plain) == EditSettings()

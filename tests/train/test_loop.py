@@ -64,6 +64,10 @@ def test_events_and_checkpoint_folder(run_a, tiny_recipe, shards):
         assert (ck / f).exists(), f
     cfg = json.loads((ck / "model_config.json").read_text())
     assert cfg["layout"] == {"kind": "paper", "attention": "block_causal", "rope": "interleaved"}
+    r = load_recipe(ck / "recipe.yaml")
+    assert cfg["sampling"] == {
+        "steps": r.eval.steps, "shift": r.eval.shift, "guidance": r.eval.cfg_scale, "resolution": r.data.resolution
+    }  # fmt: skip
     assert load_recipe(ck / "recipe.yaml") == recipe(
         tiny_recipe, shards, "train.checkpoint_every=20", "train.keep_last=1"
     )

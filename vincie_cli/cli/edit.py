@@ -232,7 +232,7 @@ def _turn_record(rec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 def run_session_command(kw: dict[str, Any], images: tuple[Path, ...], default_root: str) -> Any:
     """The shared body of `edit` and `story`: returns the EditSession that ran (None in manifest/replay mode)."""
-    from vincie_cli.edit.models import default_model_path, is_synthetic_world_scene, load_model
+    from vincie_cli.edit.models import default_model_path, is_synthetic_world_scene, load_model, with_model_defaults
     from vincie_cli.edit.session import EditSession, check_prompts, read_session, session_path
     from vincie_cli.edit.settings import EditSettings, TurnControl
 
@@ -285,6 +285,7 @@ def run_session_command(kw: dict[str, Any], images: tuple[Path, ...], default_ro
 
         prepare_inputs(list(images), settings)  # bad images fail before the model loads
         model = load_model(spec, settings)
+        settings = with_model_defaults(settings, overrides, model)
         sess = EditSession.create(model, list(images), out_dir, settings)
     out = sess.out_dir
     controls = [control] if len(prompts) == 1 else None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vincie_cli.edit.models import distributed_rank, load_model
+from vincie_cli.edit.models import distributed_rank, load_model, with_model_defaults
 from vincie_cli.edit.session import SESSION_FILE, EditSession, read_session
 from vincie_cli.edit.settings import EditSettings
 from vincie_cli.utils.io import BadInputError, VincieError, append_jsonl, read_jsonl
@@ -103,6 +103,7 @@ def run_sessions(
     otherwise raise. Under a multi-process launch the call returns after every process has finished.
     """
     base = settings if isinstance(settings, EditSettings) else EditSettings.from_dict(settings or {})
+    given = None if isinstance(settings, EditSettings) else set(settings or {})
     sessions = [check_session(s, f"session {i}") for i, s in enumerate(sessions)]
     ids = [s["id"] for s in sessions]
     if len(set(ids)) != len(ids):
@@ -129,6 +130,8 @@ def run_sessions(
             todo.append((s, done))
     if todo:
         loaded = load_model(model, base)
+        if given is not None:
+            base = with_model_defaults(base, given, loaded)
         for s, done in todo:
             out = out_root / s["id"]
             try:

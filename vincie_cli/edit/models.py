@@ -6,7 +6,9 @@ loaded `VincieModel`, or None for the packaged default (`default_model_path()`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,16 @@ def load_model(spec: Any, settings: EditSettings):
             model.text_encoder.to(settings.text_device)
     model.dit.attention = settings.attention
     return model
+
+
+def with_model_defaults(settings: EditSettings, given: Iterable[str], model) -> EditSettings:
+    """`settings` with the model's recommended sampling settings (model_config.json "sampling") filled in for
+    every key the user did not give (`given`: the names of explicitly set fields)."""
+    recommended = getattr(getattr(model, "config", None), "sampling", None) or {}
+    fill = {k: v for k, v in recommended.items() if k not in set(given)}
+    if fill:
+        log.info("using the model's recommended settings: %s", ", ".join(f"{k}={v}" for k, v in fill.items()))
+    return dataclasses.replace(settings, **fill) if fill else settings
 
 
 def conditioning_layout(model) -> dict[str, str]:

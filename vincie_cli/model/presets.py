@@ -27,6 +27,7 @@ from vincie_cli.model.vae import VAEConfig
 from vincie_cli.utils.io import BadInputError, UsageError
 
 LAYOUT_KINDS = ("released", "paper")
+SAMPLING_KEYS = ("steps", "shift", "guidance", "rescale", "partial", "resolution")
 LAYOUT_ROPES = ("text_then_image", "interleaved")
 
 # Qwen-14B (v1) as Qwen2Config fields (spec §7.1/7.4); a released llm14b/config.json takes precedence.
@@ -62,10 +63,16 @@ class ModelConfig:
     # the conditioning layout the weights were trained in (`vincie train` writes it; model/layouts.py):
     # {"kind": "released"} or {"kind": "paper", "attention": "full" | "block_causal", "rope": ...}; None = released
     layout: dict[str, str] | None = field(default=None)
+    # recommended `vincie edit` settings for these weights (e.g. what they were validated with), used where the
+    # user sets nothing: a subset of SAMPLING_KEYS; None = the release's defaults
+    sampling: dict[str, Any] | None = field(default=None)
 
     def __post_init__(self) -> None:
         c = self.vae.latent_channels
         problems = []
+        unknown = sorted(set(self.sampling or {}) - set(SAMPLING_KEYS))
+        if unknown:
+            problems.append(f"sampling keys {', '.join(unknown)} (allowed: {', '.join(SAMPLING_KEYS)})")
         if self.layout is not None:
             allowed = {"kind": LAYOUT_KINDS, "attention": ("full", "block_causal"), "rope": LAYOUT_ROPES}
             for key, value in self.layout.items():
@@ -84,11 +91,13 @@ class ModelConfig:
         d = {"name": self.name, "dit": self.dit.to_dict(), "vae": self.vae.to_dict(), "text": self.text.to_dict()}
         if self.layout is not None:
             d["layout"] = dict(self.layout)
+        if self.sampling is not None:
+            d["sampling"] = dict(self.sampling)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        unknown = sorted(set(d) - {"name", "dit", "vae", "text", "layout"})
+        unknown = sorted(set(d) - {"name", "dit", "vae", "text", "layout", "sampling"})
         if unknown:
             raise BadInputError(f"unknown model config keys: {', '.join(unknown)}")
         missing = [k for k in ("dit", "vae", "text") if k not in d]
@@ -100,6 +109,7 @@ class ModelConfig:
             vae=VAEConfig.from_dict(d["vae"]),
             text=TextEncoderConfig.from_dict(d["text"]),
             layout=dict(d["layout"]) if d.get("layout") is not None else None,
+            sampling=dict(d["sampling"]) if d.get("sampling") is not None else None,
         )
 
 

@@ -82,14 +82,23 @@ def layout_spec(recipe: Recipe) -> LayoutSpec:
     return LayoutSpec("paper", m.attention, m.rope)
 
 
-def model_config_dict(model, spec: LayoutSpec) -> dict[str, Any]:
-    """model_config.json of a checkpoint: the architecture plus the conditioning layout it was trained in."""
+def model_config_dict(model, spec: LayoutSpec, recipe: Recipe | None = None) -> dict[str, Any]:
+    """model_config.json of a checkpoint: the architecture, the conditioning layout it was trained in, and (with
+    a recipe) the sampling settings its validation used, which `vincie edit` takes as its defaults."""
     from vincie_cli.model.presets import ModelConfig
 
     text_cfg = model.text_encoder.config if model.text_encoder is not None else model.config.text
     cfg = ModelConfig(model.config.name, model.dit.config, model.vae.config, text_cfg)
     d = cfg.to_dict()
     d["layout"] = spec.to_dict()
+    if recipe is not None and spec.kind == "paper":
+        e = recipe.eval
+        d["sampling"] = {
+            "steps": e.steps,
+            "shift": e.shift,
+            "guidance": e.cfg_scale,
+            "resolution": recipe.data.resolution,
+        }
     return d
 
 
@@ -702,7 +711,7 @@ def save_checkpoint(state: TrainState) -> Path | None:
     }
     writer = CheckpointWriter(
         name=r.name,
-        model_config=model_config_dict(state.model, state.spec),
+        model_config=model_config_dict(state.model, state.spec, r),
         dit=ema_sd if ema_sd is not None else raw,
         dit_raw=raw if ema_sd is not None else None,
         vae=state.model.vae,
