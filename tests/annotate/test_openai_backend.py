@@ -10,7 +10,7 @@ import pytest
 
 from tests.annotate.conftest import cli_args
 from tests.annotate.helpers import BROKEN, as_json, in_prose
-from vincie_cli.annotate.backends.openai import OpenAIBackend, parse_retry_after
+from vincie_cli.annotate.backends.openai import OpenAIBackend
 from vincie_cli.cli import main
 from vincie_cli.records import validate_clip
 from vincie_cli.utils.io import read_jsonl
@@ -173,11 +173,3 @@ def test_no_key_sends_no_header(server, video_folder, tmp_path, monkeypatch):
     assert reply.text == as_json() and reply.error is None and reply.usage["total_tokens"] == 2
     assert "Authorization" not in srv.headers[0]
     backend.close()
-
-
-def test_parse_retry_after():
-    assert parse_retry_after("2.5") == 2.5
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    from email.utils import formatdate
-
-    assert 8 <= parse_retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10

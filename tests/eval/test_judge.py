@@ -13,7 +13,6 @@ from vincie_cli.eval.judge import (
     ReplyError,
     image_data_url,
     parse_judgement,
-    parse_retry_after,
     user_content,
 )
 
@@ -71,14 +70,6 @@ def test_parse_judgement_accepts(text, pf, c):
 def test_parse_judgement_rejects(text, message):
     with pytest.raises(ReplyError, match=message):
         parse_judgement(text)
-
-
-def test_retry_after_forms():
-    assert parse_retry_after("2.5") == 2.5
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 <= parse_retry_after(future) <= 31
 
 
 def test_user_content_labels_real_mime_types():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import email.utils
 import json
 import random
 import re
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vincie_cli.utils.http import RETRY_STATUS, backoff_delay, parse_retry_after
 from vincie_cli.utils.io import VincieError
 from vincie_cli.utils.log import get_logger
 
@@ -33,8 +33,6 @@ log = get_logger(__name__)
 
 SCORE_KEYS = ("prompt_following", "consistency")
 SCORE_MIN, SCORE_MAX = 0, 10
-
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class JudgeError(VincieError):
@@ -81,24 +79,6 @@ class JudgeConfig:
 
 # --------------------------------------------------------------------------------------------
 # the HTTP client
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def image_data_url(data: bytes) -> str:
@@ -156,11 +136,9 @@ class ChatClient:
         self.close()
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.config.max_retry_after)
+        c = self.config
         with self._rng_lock:
-            jitter = self._rng.uniform(0.5, 1.0)
-        return min(self.config.backoff * (2**attempt), self.config.max_backoff) * jitter
+            return backoff_delay(attempt, c.backoff, c.max_backoff, retry_after, c.max_retry_after, self._rng)
 
     def complete(self, content: list[dict[str, Any]]) -> str:
         """Send one user message; return the assistant's text. Raises JudgeError after the retries."""

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import base64
 import collections
-import email.utils
 import os
 import random
 import threading
-import time
 from typing import Any
 
 from vincie_cli.annotate.backends.base import (
@@ -29,30 +27,14 @@ from vincie_cli.annotate.backends.base import (
     load_image,
 )
 from vincie_cli.annotate.prompt import build_messages
+from vincie_cli.utils.http import RETRY_STATUS, backoff_delay, parse_retry_after
 from vincie_cli.utils.io import UsageError
 from vincie_cli.utils.log import get_logger
 
 log = get_logger(__name__)
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524}
 FATAL_STATUS = {401: "the server rejected the API key", 403: "access denied", 404: "endpoint or model not found"}
 MAX_RETRY_AFTER = 600.0
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAIBackend(Backend):
@@ -187,10 +169,7 @@ class OpenAIBackend(Backend):
         return body
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER)
-        cap = min(self.backoff_max, self.backoff * (2**attempt))
-        return cap * (0.5 + 0.5 * self._rng.random())  # exponential backoff, jittered within [cap/2, cap]
+        return backoff_delay(attempt, self.backoff, self.backoff_max, retry_after, MAX_RETRY_AFTER, self._rng)
 
     def _post(self, body: dict[str, Any]) -> Reply:
         import httpx
