@@ -16,6 +16,7 @@ from vincie_cli.model.layouts import (
     make_denoiser,
     pack_samples,
     run_dit,
+    source_frame,
     step_positions,
     training_samples,
 )
@@ -55,6 +56,8 @@ def predict(dit, spec, lat, states, hidden=None, backend="dense", times=None):
 
 
 PAPER = [LayoutSpec("paper", a, r) for a in ("full", "block_causal") for r in ("interleaved", "text_then_image")]
+PAPER += [LayoutSpec("paper", a, "interleaved", "source") for a in ("full", "block_causal")]
+IS_IMAGE = [True] + [t == "nip" for t in TASKS]
 
 
 @pytest.mark.parametrize("spec", PAPER, ids=lambda s: f"{s.attention}-{s.rope}")
@@ -143,7 +146,7 @@ def test_inference_denoiser_predicts_what_training_trained(dit, spec):
     # inference (steps < j) cannot know: equal only for the last target (docs/training.md: prefer interleaved)
     mismatch = spec.attention == "block_causal" and spec.rope == "text_then_image" and spec.kind == "paper"
     for j in (1, 3, 4):
-        den = make_denoiser(dit, spec, lat[:j], states[:j])
+        den = make_denoiser(dit, spec, lat[:j], states[:j], source=source_frame(j, IS_IMAGE, [False] * F))
         if spec.kind == "released":
             x_t = samples[j - 1].vid[:, :C]  # every frame noised at t, as in training
         elif spec.attention == "full":
@@ -192,3 +195,32 @@ def test_denoiser_checks_its_inputs(dit):
         make_denoiser(dit, LayoutSpec("released"), [torch.randn(H, W, 8)], states[:1])
     with pytest.raises(BadInputError, match="layout kind"):
         LayoutSpec.of({"kind": "sideways"})
+
+
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_source_condition_puts_the_edited_image_in_the_target_channels(attention):
+    """condition="source": target j carries the latest visible image before it (masks skipped), else zeros."""
+    lat, states = session(2)
+    lens = [s.shape[0] + 1 for s in states]
+    hidden = [False, True, False, False, False]  # frame 1 (an image) dropped from the context
+    times = {j: 500.0 for j in (1, 2, 3, 4)}
+    samples = training_samples(
+        LayoutSpec("paper", attention, "interleaved", "source"), lat, hidden, [1, 2, 3, 4], TASKS, lens, times,
+        torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
+    )  # fmt: skip
+    # frames: 0 image, 1 image (hidden), 2 mask, 3 image, 4 mask -> sources 0, 0, 0, 3
+    expected = {1: 0, 2: 0, 3: 0, 4: 3}
+    assert [source_frame(j, IS_IMAGE, hidden) for j in (1, 2, 3, 4)] == [0, 0, 0, 3]
+    for j, src in expected.items():
+        if attention == "full":
+            rows = samples[j - 1].vid[-H * W :]
+        else:
+            clean = sum(not hidden[f] for f in range(4))
+            rows = samples[0].vid[(clean + j - 1) * H * W : (clean + j) * H * W]
+        torch.testing.assert_close(rows[:, C : 2 * C], lat[src].reshape(-1, C))
+        assert torch.all(rows[:, 2 * C] == 0)  # still marked as a target, not a clean frame
+    plain = training_samples(
+        LayoutSpec("paper", attention, "interleaved"), lat, hidden, [1, 2, 3, 4], TASKS, lens, times,
+        torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
+    )  # fmt: skip
+    assert torch.all(plain[-1].vid[-H * W :, C:] == 0)

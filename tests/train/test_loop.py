@@ -63,7 +63,7 @@ def test_events_and_checkpoint_folder(run_a, tiny_recipe, shards):
               "trainer_state.safetensors", "trainer_state.json", "recipe.yaml", "meta.json"):  # fmt: skip
         assert (ck / f).exists(), f
     cfg = json.loads((ck / "model_config.json").read_text())
-    assert cfg["layout"] == {"kind": "paper", "attention": "block_causal", "rope": "interleaved"}
+    assert cfg["layout"] == {"kind": "paper", "attention": "block_causal", "rope": "interleaved", "condition": "source"}
     r = load_recipe(ck / "recipe.yaml")
     assert cfg["sampling"] == {
         "steps": r.eval.steps, "shift": r.eval.shift, "guidance": r.eval.cfg_scale, "resolution": r.data.resolution
@@ -232,7 +232,9 @@ def test_loaded_checkpoint_knows_its_conditioning_layout(run_a):
 
     _, out, _ = run_a
     model = VincieModel.from_pretrained(out / "step-00000040")
-    assert model.config.layout == {"kind": "paper", "attention": "block_causal", "rope": "interleaved"}
+    assert model.config.layout == {
+        "kind": "paper", "attention": "block_causal", "rope": "interleaved", "condition": "source"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

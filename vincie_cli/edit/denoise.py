@@ -105,10 +105,12 @@ def sample_paper_round(
     sampler: SamplerSettings,
     *,
     callback: Callable[[StepInfo], None] | None = None,
+    source: int | None = None,
 ) -> Tensor:
     """One round in the paper's layout (clean context tokens + one noisy target, `model.layouts`): returns
     the new frame's latent (h, w, C). context: (K, h, w, C); noise: (1, h, w, C) fp32 (only the target is
-    noised); steps_pos: per text step the prompt states (K of them); steps_neg: the negative's steps."""
+    noised); steps_pos: per text step the prompt states (K of them); steps_neg: the negative's steps;
+    source: the context frame being edited (the latest image, not a mask) for layouts that condition on it."""
     from vincie_cli.model.layouts import make_denoiser
 
     k, h, w, c = context.shape
@@ -116,7 +118,7 @@ def sample_paper_round(
         raise ValueError(f"noise must be (1, {h}, {w}, {c}), got {tuple(noise.shape)}")
     device = _device_of(dit, noise)
     base = getattr(dit, "_orig_mod", dit)
-    den = make_denoiser(base, layout, list(context.float().cpu()), steps_pos, steps_neg)
+    den = make_denoiser(base, layout, list(context.float().cpu()), steps_pos, steps_neg, source=source)
     if dit is not base:
         den.dit = dit  # the compiled module runs the forwards
     grid = sampling_timesteps(sampler.steps, sampler.shift, sampler.T, device=device)

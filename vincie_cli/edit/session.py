@@ -520,7 +520,10 @@ class EditSession:
             if guided:
                 steps_neg = model.encode_prompts([negative] if negative is not None else empty)
             noise = round_noise((1, *ctx.shape[1:]), s.seed, noise_device)
-            latent = sample_paper_round(dit, self.layout, ctx, noise, model.encode_prompts(texts), steps_neg, sampler)
+            source = max(i for i, key in enumerate(context_keys) if key[0] in ("input", "image"))
+            latent = sample_paper_round(
+                dit, self.layout, ctx, noise, model.encode_prompts(texts), steps_neg, sampler, source=source
+            )
         latent = latent.float().cpu()  # context latents live on the CPU between rounds (small)
         if model.dit.device.type == "cuda":
             torch.cuda.synchronize(model.dit.device)

@@ -12,7 +12,10 @@ loss on the target frame (weight 1 x its task weight) and, with `context_loss_we
 frames too (the sampler integrates them at inference).
 
 Paper layout (`kind="paper"`): clean frames are tokens `[z | z | 1]` at frame timestep 0, a target is
-`[x_t | 0 | 0]` at its own timestep t (per-frame timesteps); text tokens use timestep 0. Attention:
+`[x_t | 0 | 0]` at its own timestep t (per-frame timesteps); text tokens use timestep 0. With
+`condition="source"` a target is `[x_t | z_src | 0]`: it also carries the latent of the image it is edited
+from (the latest visible image frame before it), a local path for the large unchanged part of an edit that
+small models trained from scratch otherwise learn only slowly through attention. Attention:
 - "full": each target j is its own packed sample [clean frames < j; noisy j; steps < j] with full
   attention (what inference with full attention computes);
 - "block_causal": one sample per session holds every clean frame, every noisy target and every step, with
@@ -57,6 +60,8 @@ ROPE_KINDS = ("interleaved", "text_then_image")
 GROUPS = ("nip", "csp", "nsp", "context")
 GROUP_ID = {g: i for i, g in enumerate(GROUPS)}
 
+CONDITION_KINDS = ("none", "source")
+
 # token roles in attention masks
 CLEAN, TEXT, NOISY = 0, 1, 2
 
@@ -68,6 +73,9 @@ class LayoutSpec:
     kind: str = "released"
     attention: str = "full"  # paper layout: "full" | "block_causal"
     rope: str = "text_then_image"  # paper layout: "text_then_image" | "interleaved"
+    # paper layout: what the noisy target carries in its clean-context channels: "none" (zeros, as the
+    # release's target frame) or "source" (the latent of the image being edited: a local copy path)
+    condition: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in LAYOUT_KINDS:
@@ -76,6 +84,8 @@ class LayoutSpec:
             raise BadInputError(f"layout attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.rope not in ROPE_KINDS:
             raise BadInputError(f"layout rope must be one of {ROPE_KINDS}, got {self.rope!r}")
+        if self.condition not in CONDITION_KINDS:
+            raise BadInputError(f"layout condition must be one of {CONDITION_KINDS}, got {self.condition!r}")
 
     @classmethod
     def of(cls, obj: Any) -> LayoutSpec:
@@ -88,11 +98,14 @@ class LayoutSpec:
         if hasattr(obj, "layout") and not hasattr(obj, "kind"):
             return cls.of(obj.layout)
         if isinstance(obj, dict):
-            return cls(**{k: obj[k] for k in ("kind", "attention", "rope") if k in obj})
-        return cls(obj.kind, obj.attention, obj.rope)
+            return cls(**{k: obj[k] for k in ("kind", "attention", "rope", "condition") if k in obj})
+        return cls(obj.kind, obj.attention, obj.rope, getattr(obj, "condition", "none"))
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "attention": self.attention, "rope": self.rope}
+        d = {"kind": self.kind, "attention": self.attention, "rope": self.rope}
+        if self.condition != "none":
+            d["condition"] = self.condition
+        return d
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +230,7 @@ def flex_mask(roles: Sequence[tuple[Tensor, Tensor] | None], seqlens: Sequence[i
 
 def _paper_sample(
     clean: Sequence[tuple[int, Tensor]],
-    noisy: Sequence[tuple[int, Tensor, float]],
+    noisy: Sequence[tuple[int, Tensor, float, Tensor | None]],
     steps: list[int],
     step_lens: Sequence[int],
     num_slots: int,
@@ -227,8 +240,9 @@ def _paper_sample(
 ) -> DitSample:
     """Stack clean frames [z|z|1] (t=0) then noisy targets [x_t|0|0] (their t), with positions and roles.
 
-    clean: (frame index, z (h, w, C)); noisy: (frame index, x_t (h, w, C), t). num_slots: frames that own a
-    position slot (the session's frame count, or j + 1 for a prefix up to target j).
+    clean: (frame index, z (h, w, C)); noisy: (frame index, x_t (h, w, C), t, source latent or None: what the
+    target carries in its clean channels). num_slots: frames that own a position slot (the session's frame
+    count, or j + 1 for a prefix up to target j).
     """
     ref = clean[0][1] if clean else noisy[0][1]
     h, w, c = ref.shape
@@ -242,8 +256,9 @@ def _paper_sample(
         tpos.append(frame_pos[f])
         roles.append(CLEAN)
         index.append(f)
-    for f, x, t in noisy:
-        rows.append(torch.cat([x.float(), torch.zeros(h, w, c + 1)], dim=-1).reshape(-1, 2 * c + 1))
+    for f, x, t, src in noisy:
+        cond = torch.zeros(h, w, c) if src is None else src.float()
+        rows.append(torch.cat([x.float(), cond, torch.zeros(h, w, 1)], dim=-1).reshape(-1, 2 * c + 1))
         frame_t.append(float(t))
         tpos.append(frame_pos[f])
         roles.append(NOISY)
@@ -298,6 +313,14 @@ def _released_sample(
 # training
 
 
+def source_frame(j: int, is_image: Sequence[bool], hidden: Sequence[bool]) -> int | None:
+    """The image target j is edited from (condition "source"): the latest visible image frame before j."""
+    for f in range(j - 1, -1, -1):
+        if is_image[f] and not hidden[f]:
+            return f
+    return None
+
+
 def training_samples(
     spec: LayoutSpec,
     latents: Sequence[Tensor],
@@ -321,6 +344,13 @@ def training_samples(
     h, w, c = latents[0].shape
     known = [None if hidden[f] else latents[f] for f in range(F_)]
     out: list[DitSample] = []
+    is_image = [f == 0 or tasks[f - 1] in ("nip", "label") for f in range(F_)]
+
+    def source(j: int) -> Tensor | None:
+        if spec.condition != "source":
+            return None
+        f = source_frame(j, is_image, hidden)
+        return None if f is None else latents[f]
 
     def noise() -> Tensor:
         return torch.randn(h, w, c, generator=generator)
@@ -348,7 +378,7 @@ def training_samples(
         for j in targets:
             eps = noise()
             x0 = latents[j].float()
-            noisy.append((j, add_noise(x0, eps, torch.tensor(times[j])), times[j]))
+            noisy.append((j, add_noise(x0, eps, torch.tensor(times[j])), times[j], source(j)))
             loss.append((j, x0, eps))
         s = _paper_sample(clean, noisy, list(range(last)), step_lens, last + 1, spec, patch, causal=True)
         for k, (j, x0, eps) in enumerate(loss):
@@ -368,7 +398,9 @@ def training_samples(
         x0 = latents[j].float()
         clean = [(f, latents[f]) for f in range(j) if not hidden[f]]
         x_t = add_noise(x0, eps, torch.tensor(times[j]))
-        s = _paper_sample(clean, [(j, x_t, times[j])], list(range(j)), step_lens, j + 1, spec, patch, causal=False)
+        s = _paper_sample(
+            clean, [(j, x_t, times[j], source(j))], list(range(j)), step_lens, j + 1, spec, patch, causal=False
+        )
         s.loss.append(
             (
                 len(clean),
@@ -549,6 +581,7 @@ class SessionDenoiser:
         steps_neg: Sequence[Tensor] | None = None,
         latent_hw: tuple[int, int] | None = None,
         mask_backend: str = "auto",
+        source: int | None = None,
     ) -> None:
         self.dit = dit
         self.spec = LayoutSpec.of(layout)
@@ -577,6 +610,11 @@ class SessionDenoiser:
         if h % ph or w % pw:
             raise BadInputError(f"latent size {h}x{w} is not a multiple of the {ph}x{pw} patch")
         self.j, self.h, self.w, self.c = j, h, w, c
+        if source is None:  # without frame roles: the latest known frame (right when no mask frame precedes)
+            source = max((f for f, z in enumerate(self.context) if z is not None), default=None)
+        elif not (0 <= source < j and self.context[source] is not None):
+            raise BadInputError(f"source frame {source} is not a known context frame")
+        self.source = source
         self.patch = (ph, pw)
         self.device = dit.device
         if mask_backend == "auto":
@@ -605,7 +643,8 @@ class SessionDenoiser:
             return _released_sample(self.context + [None], x, list(range(len(steps))), lens, 0.0, self.patch)
         clean = [(f, z) for f, z in enumerate(self.context) if z is not None]
         causal = self.spec.attention == "block_causal"
-        return _paper_sample(clean, [(self.j, zeros, 0.0)], list(range(len(steps))), lens, self.j + 1, self.spec,
+        src = self.context[self.source] if self.spec.condition == "source" and self.source is not None else None
+        return _paper_sample(clean, [(self.j, zeros, 0.0, src)], list(range(len(steps))), lens, self.j + 1, self.spec,
                              self.patch, causal)  # fmt: skip
 
     def _prepare(self, branches: tuple[str, ...]) -> tuple[PackedInput, Tensor, Tensor, Tensor]:
@@ -663,6 +702,7 @@ def make_denoiser(
     steps_neg: Sequence[Tensor] | None = None,
     latent_hw: tuple[int, int] | None = None,
     mask_backend: str = "auto",
+    source: int | None = None,
 ) -> SessionDenoiser:
     """The denoiser that generates frame j = len(context) of a session (see the module docstring).
 
@@ -670,5 +710,7 @@ def make_denoiser(
     ModelConfig with a `layout`; context: (h, w, C) latents of frames 0..j-1 (None = unknown);
     steps_pos / steps_neg: per-step text states (n_s, D) (turn embedding s is added here).
     mask_backend: "auto" (FlexAttention on CUDA, dense masks elsewhere), "flex" or "dense".
+    source: the context frame the target is edited from (layouts with condition "source"; default: the latest
+    known frame, which is right unless mask frames follow the image being edited).
     """
-    return SessionDenoiser(dit, layout, context, steps_pos, steps_neg, latent_hw, mask_backend)
+    return SessionDenoiser(dit, layout, context, steps_pos, steps_neg, latent_hw, mask_backend, source)

@@ -74,7 +74,12 @@ class ModelConfig:
         if unknown:
             problems.append(f"sampling keys {', '.join(unknown)} (allowed: {', '.join(SAMPLING_KEYS)})")
         if self.layout is not None:
-            allowed = {"kind": LAYOUT_KINDS, "attention": ("full", "block_causal"), "rope": LAYOUT_ROPES}
+            allowed = {
+                "kind": LAYOUT_KINDS,
+                "attention": ("full", "block_causal"),
+                "rope": LAYOUT_ROPES,
+                "condition": ("none", "source"),
+            }
             for key, value in self.layout.items():
                 if key not in allowed or value not in allowed[key]:
                     problems.append(f"layout.{key}={value!r} (allowed: {', '.join(allowed.get(key, ()))})")

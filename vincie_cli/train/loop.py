@@ -79,7 +79,7 @@ def layout_spec(recipe: Recipe) -> LayoutSpec:
     m = recipe.model
     if m.layout == "released":
         return LayoutSpec("released")
-    return LayoutSpec("paper", m.attention, m.rope)
+    return LayoutSpec("paper", m.attention, m.rope, m.condition)
 
 
 def model_config_dict(model, spec: LayoutSpec, recipe: Recipe | None = None) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class ModelSection:
     layout: Literal["paper", "released"] = "paper"  # conditioning layout (docs/training.md)
     attention: Literal["block_causal", "full"] = "block_causal"  # paper layout only
     rope: Literal["interleaved", "text_then_image"] = "interleaved"  # paper layout only
+    condition: Literal["none", "source"] = "none"  # paper layout: targets also carry their source image's latent
     attention_precision: Literal["bf16", "fp32"] = "fp32"  # "bf16": the release's q/k/v rounding
     frozen_dtype: Literal["fp32", "bf16"] = "fp32"  # the frozen autoencoder (and byte/T5 text encoder)
     gradient_checkpointing: bool = False
