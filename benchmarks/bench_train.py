@@ -135,8 +135,8 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     import torch
 
     from vincie_cli.model.dit import DiTConfig, build_dit
-    from vincie_cli.model.presets import get_preset
     from vincie_cli.model.layouts import run_dit
+    from vincie_cli.model.presets import get_preset
     from vincie_cli.train.loop import PEAK_TFLOPS, batch_flops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,9 +3,10 @@
     python tools/ship_mini.py runs/mini/step-00003000 --steps 20 --shift 3 --guidance 1 \
         --note "trained on 6000 synthetic videos, seeds 0-5999"
 
-Writes the EMA weights with the DiT and the byte text encoder in fp16 (the loader upcasts; docs/mini.md measures that the scores do
-not change), the sampling settings `vincie edit` should use with it, the training recipe and a
-provenance file. The folder is an ordinary model folder: `vincie edit --model vincie_cli/assets/mini`.
+Writes the EMA weights with the DiT and the byte text encoder in fp16 (the loader upcasts; docs/mini.md
+measures that the scores do not change), the sampling settings `vincie edit` should use with it, the
+training recipe and a provenance file. The folder is an ordinary model folder:
+`vincie edit --model vincie_cli/assets/mini`.
 """
 
 from __future__ import annotations
