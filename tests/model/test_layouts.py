@@ -21,6 +21,7 @@ from vincie_cli.model.layouts import (
     training_samples,
 )
 from vincie_cli.model.presets import get_preset
+from vincie_cli.utils.io import BadInputError
 
 C, H, W, F = 16, 4, 4, 5
 TASKS = ["nip", "csp", "nip", "nsp"]
@@ -57,10 +58,11 @@ def predict(dit, spec, lat, states, hidden=None, backend="dense", times=None):
 
 PAPER = [LayoutSpec("paper", a, r) for a in ("full", "block_causal") for r in ("interleaved", "text_then_image")]
 PAPER += [LayoutSpec("paper", a, "interleaved", "source") for a in ("full", "block_causal")]
+PAPER += [LayoutSpec("paper", "block_causal", "interleaved", "source", p) for p in ("x0", "x0_source")]
 IS_IMAGE = [True] + [t == "nip" for t in TASKS]
 
 
-@pytest.mark.parametrize("spec", PAPER, ids=lambda s: f"{s.attention}-{s.rope}")
+@pytest.mark.parametrize("spec", PAPER, ids=lambda s: f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}")
 def test_later_images_and_texts_never_reach_earlier_targets(dit, spec):
     lat, states = session()
     hidden = [False, False, True, False, False]  # frame 2 hidden: its clean tokens are left out
@@ -132,7 +134,7 @@ def test_interleaved_positions_of_a_prefix_do_not_depend_on_what_follows():
 @pytest.mark.parametrize(
     "spec",
     [*PAPER, LayoutSpec("released")],
-    ids=lambda s: s.kind if s.kind == "released" else f"{s.attention}-{s.rope}",
+    ids=lambda s: s.kind if s.kind == "released" else f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}",
 )
 def test_inference_denoiser_predicts_what_training_trained(dit, spec):
     """For target j, `make_denoiser` (the path `vincie edit` uses) gives the velocity the training forward gave."""
@@ -224,3 +226,64 @@ def test_source_condition_puts_the_edited_image_in_the_target_channels(attention
         torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
     )  # fmt: skip
     assert torch.all(plain[-1].vid[-H * W :, C:] == 0)
+
+
+def test_x0_prediction_turns_the_network_output_into_a_velocity(dit):
+    """prediction="x0": run_dit returns (x_t - out) / max(t/T, X0_T_MIN) for every row, so a network that
+    outputs the true clean latent has zero velocity loss, and the spec round-trips through model_config."""
+    from vincie_cli.model.layouts import X0_T_MIN, velocity_from_x0
+
+    spec = LayoutSpec("paper", "block_causal", "interleaved", "source", "x0")
+    assert LayoutSpec.of(spec.to_dict()) == spec and spec.to_dict()["prediction"] == "x0"
+    assert "prediction" not in LayoutSpec("paper").to_dict()
+    lat, states = session(3)
+    times = {1: 10.0, 2: 300.0, 3: 500.0, 4: 900.0}
+    v_x0, p = predict(dit, spec, lat, states, times=times)
+    raw, _ = predict(dit, LayoutSpec("paper", "block_causal", "interleaved", "source"), lat, states, times=times)
+    x_t = p.vid[p.loss_rows, :C].reshape(F - 1, H * W, C)
+    row_t = p.row_timesteps()
+    assert row_t.shape == (p.vid.shape[0],) and torch.equal(
+        row_t[p.loss_rows].unique(), torch.tensor(list(times.values()))
+    )
+    assert torch.all(row_t[: 4 * H * W] == 0)  # the clean context frames 0..3
+    for k, t in enumerate(times.values()):
+        torch.testing.assert_close(v_x0[k], (x_t[k] - raw[k]) / max(t / 1000, X0_T_MIN))
+    # the true x0 gives the true velocity eps - x0 (t >= X0_T_MIN * T)
+    x0, eps = torch.randn(6, C), torch.randn(6, C)
+    t = torch.full((6,), 700.0)
+    x_t = 0.3 * x0 + 0.7 * eps
+    torch.testing.assert_close(velocity_from_x0(x_t, x0, t), eps - x0)
+    with pytest.raises(BadInputError, match="prediction"):
+        LayoutSpec("paper", prediction="eps")
+    with pytest.raises(BadInputError, match="released layout"):
+        LayoutSpec("released", prediction="x0")
+
+
+def test_x0_source_prediction_starts_from_the_linear_guess():
+    """prediction="x0_source": an output of 0 is the posterior mean under x0 ~ N(src, sigma^2): x_t at t = 0,
+    the source at t = T, and in between the exact linear estimate; the output moves x0_hat by the posterior std."""
+    from vincie_cli.model.layouts import SOURCE_SIGMA, output_velocity, x0_from_source
+
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(5, C, generator=g)
+    x_t = torch.randn(5, C, generator=g)
+    zero, one = torch.zeros(5, C), torch.ones(5, C)
+    torch.testing.assert_close(x0_from_source(x_t, src, zero, torch.zeros(5)), x_t)
+    torch.testing.assert_close(x0_from_source(x_t, src, one, torch.full((5,), 1000.0)), src + SOURCE_SIGMA)
+    # t = T/2: x_t = x0/2 + eps/2, prior var s2 -> mean = src + (s2/2)/(s2/4 + 1/4) (x_t - src/2)
+    s2 = SOURCE_SIGMA**2
+    expected = src + (s2 / 2) / (s2 / 4 + 0.25) * (x_t - src / 2)
+    torch.testing.assert_close(x0_from_source(x_t, src, zero, torch.full((5,), 500.0)), expected)
+    # statistically: with x0 = src + sigma*n the zero output is the least-squares estimate (beats x_t and src)
+    n = 20000
+    src = torch.randn(n, 1, generator=g)
+    x0 = src + SOURCE_SIGMA * torch.randn(n, 1, generator=g)
+    x_t = 0.4 * x0 + 0.6 * torch.randn(n, 1, generator=g)
+    t = torch.full((n,), 600.0)
+    guess = x0_from_source(x_t, src, torch.zeros(n, 1), t)
+    err = ((guess - x0) ** 2).mean()
+    assert err < ((src - x0) ** 2).mean() and err < ((x_t / 0.4 - x0) ** 2).mean()
+    # the velocity goes through the same rows layout as training: [x_t | src | flag]
+    vid = torch.cat([x_t, src, torch.zeros(n, 1)], dim=1)
+    torch.testing.assert_close(output_velocity("x0_source", vid, torch.zeros(n, 1), t), (x_t - guess) / 0.6)
+    assert output_velocity("velocity", vid, x_t, t) is x_t

@@ -243,8 +243,9 @@ def test_loaded_checkpoint_knows_its_conditioning_layout(run_a):
         ["model.layout=released", "tasks.context_loss_weight=0.1", "tasks.max_targets=2"],
         ["model.attention=full", "model.rope=text_then_image"],
         ["train.precision=bf16", "data.aspect=adaptive", "train.grad_accum=2"],
+        ["model.condition=source", "model.prediction=x0_source", "flow.loss=x0"],
     ],
-    ids=["released", "full-text_then_image", "bf16-adaptive-accum"],
+    ids=["released", "full-text_then_image", "bf16-adaptive-accum", "x0"],
 )
 def test_training_options_run(tiny_recipe, shards, tmp_path, sets):
     state = L.train(
@@ -253,6 +254,10 @@ def test_training_options_run(tiny_recipe, shards, tmp_path, sets):
     assert len(state.history) == 3 and all(h["finite"] for h in state.history)
     if "model.layout=released" in sets:
         assert "context" in state.history[0]["losses"]
+    if "flow.loss=x0" in sets:  # recorded, so `vincie edit` converts the output the same way
+        ckpt = tmp_path / (tmp_path / "latest").read_text().strip()
+        cfg = json.loads((ckpt / "model_config.json").read_text())
+        assert cfg["layout"]["prediction"] == "x0_source"
 
 
 def test_activation_checkpointing_gives_the_same_losses(tiny_recipe, shards, tmp_path):
@@ -261,3 +266,13 @@ def test_activation_checkpointing_gives_the_same_losses(tiny_recipe, shards, tmp
         r = recipe(tiny_recipe, shards, "train.max_steps=3", f"model.gradient_checkpointing={flag}")
         runs.append([h["loss"] for h in L.train(r, out_dir=tmp_path / str(i)).history])
     assert runs[0] == runs[1]
+
+
+def test_x0_source_training_starts_from_the_linear_guess(tiny_recipe, shards, tmp_path):
+    """A from-scratch x0_source model starts with a zero output projection (its prediction is the linear guess)."""
+    r = recipe(tiny_recipe, shards, "model.condition=source", "model.prediction=x0_source", "flow.loss=x0")
+    state = L.setup(r, out_dir=tmp_path)
+    state.lock.release()
+    assert torch.count_nonzero(state.dit.vid_out.proj.weight) == 0
+    assert torch.count_nonzero(state.dit.vid_out.proj.bias) == 0
+    assert torch.count_nonzero(state.dit.blocks[0].attn.proj_qkv.vid.weight) > 0

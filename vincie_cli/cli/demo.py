@@ -51,12 +51,19 @@ def _run(stage: str, args: list[str], logs: Path) -> list[dict[str, Any]]:
 @click.option("--train-steps", type=int, default=120, show_default=True, help="Steps of the short `tiny` training.")
 @click.option("--sessions", type=int, default=6, show_default=True, help="Held-out sessions to edit and score.")
 @click.option("--turns", type=int, default=5, show_default=True, help="Turns per held-out session.")
-@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps per edited turn.")
+@click.option("--steps", type=int, default=None, help="Sampling steps per edited turn [default: the model's own].")
 @click.option("--model", default=None, help="Model that edits the held-out sessions [default: the packaged mini].")
 @click.option("--seed", type=int, default=0, show_default=True, help="First synthetic video seed.")
 @handle_errors
 def demo(
-    out_dir: Path, videos: int, train_steps: int, sessions: int, turns: int, steps: int, model: str | None, seed: int
+    out_dir: Path,
+    videos: int,
+    train_steps: int,
+    sessions: int,
+    turns: int,
+    steps: int | None,
+    model: str | None,
+    seed: int,
 ) -> None:
     """Videos → annotate → segment → build-sessions → train → edit → eval, on the synthetic world.
 
@@ -112,9 +119,10 @@ def demo(
     losses = [e["loss"] for e in events if e.get("event") == "step" and "loss" in e]
     first, last = (losses[0], losses[-1]) if losses else (None, None)
     stage("train", steps=train_steps, first_loss=first, last_loss=last, dir=str(out / "train"))
+    gen = ["--gen-set", f"steps={steps}"] if steps is not None else []  # else the model's recommended settings
     _run(
         "eval", ["synthetic", "-o", str(out / "eval"), "--model", editor, "--sessions", str(sessions), "--size", "64",
-                 "--turns", str(turns), "--gen-set", f"steps={steps}", "--device", "cpu"], logs,
+                 "--turns", str(turns), *gen, "--device", "cpu"], logs,
     )  # fmt: skip
     report = json.loads((out / "eval" / "report.json").read_text())
     stage("eval", model=editor, report=str(out / "eval" / "report.json"), metrics=report.get("metrics"))

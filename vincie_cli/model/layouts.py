@@ -61,6 +61,9 @@ GROUPS = ("nip", "csp", "nsp", "context")
 GROUP_ID = {g: i for i, g in enumerate(GROUPS)}
 
 CONDITION_KINDS = ("none", "source")
+PREDICTION_KINDS = ("velocity", "x0", "x0_source")
+X0_T_MIN = 0.05  # x0 predictions: v = (x_t - x0_hat) / max(t/T, X0_T_MIN), so low t stays bounded
+SOURCE_SIGMA = 0.1  # prediction "x0_source": prior std of (clean target - source latent), latent units
 
 # token roles in attention masks
 CLEAN, TEXT, NOISY = 0, 1, 2
@@ -76,6 +79,10 @@ class LayoutSpec:
     # paper layout: what the noisy target carries in its clean-context channels: "none" (zeros, as the
     # release's target frame) or "source" (the latent of the image being edited: a local copy path)
     condition: str = "none"
+    # paper layout: what the network outputs: "velocity" (eps - x0, as the release), "x0" (the clean latent)
+    # or "x0_source" (a correction to the best linear guess of the clean latent from x_t and the source
+    # image; `output_velocity`). Pixel-space models with big tokens learn far faster with the x0 kinds.
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         if self.kind not in LAYOUT_KINDS:
@@ -86,6 +93,10 @@ class LayoutSpec:
             raise BadInputError(f"layout rope must be one of {ROPE_KINDS}, got {self.rope!r}")
         if self.condition not in CONDITION_KINDS:
             raise BadInputError(f"layout condition must be one of {CONDITION_KINDS}, got {self.condition!r}")
+        if self.prediction not in PREDICTION_KINDS:
+            raise BadInputError(f"layout prediction must be one of {PREDICTION_KINDS}, got {self.prediction!r}")
+        if self.kind == "released" and (self.condition, self.prediction) != ("none", "velocity"):
+            raise BadInputError("the released layout has no condition or prediction options (paper layout only)")
 
     @classmethod
     def of(cls, obj: Any) -> LayoutSpec:
@@ -98,14 +109,51 @@ class LayoutSpec:
         if hasattr(obj, "layout") and not hasattr(obj, "kind"):
             return cls.of(obj.layout)
         if isinstance(obj, dict):
-            return cls(**{k: obj[k] for k in ("kind", "attention", "rope", "condition") if k in obj})
-        return cls(obj.kind, obj.attention, obj.rope, getattr(obj, "condition", "none"))
+            return cls(**{k: obj[k] for k in ("kind", "attention", "rope", "condition", "prediction") if k in obj})
+        return cls(
+            obj.kind, obj.attention, obj.rope, getattr(obj, "condition", "none"), getattr(obj, "prediction", "velocity")
+        )
 
     def to_dict(self) -> dict[str, str]:
         d = {"kind": self.kind, "attention": self.attention, "rope": self.rope}
         if self.condition != "none":
             d["condition"] = self.condition
+        if self.prediction != "velocity":
+            d["prediction"] = self.prediction
         return d
+
+
+def x0_from_source(x_t: Tensor, src: Tensor, out: Tensor, t: Tensor, T: float = 1000.0) -> Tensor:
+    """prediction "x0_source": x0_hat = m + c * out, where m and c are the mean and std of x0 given x_t under
+    the prior x0 ~ N(src, SOURCE_SIGMA^2): the network only predicts a normalised correction, and an output
+    of zero is already the right answer for everything the edit leaves alone.
+
+    x_t, src, out: (N, C); t: (N,) in [0, T]. At t = 0 this is x_t, at t = T it is src + SOURCE_SIGMA * out.
+    """
+    s = (t.float() / T).to(x_t.dtype)[:, None]
+    a, var_prior = 1 - s, SOURCE_SIGMA**2
+    var = a * a * var_prior + s * s
+    mean = src + (a * var_prior / var) * (x_t - a * src)
+    return mean + (s * SOURCE_SIGMA / var.sqrt()) * out
+
+
+def output_velocity(prediction: str, vid: Tensor, out: Tensor, t: Tensor) -> Tensor:
+    """The velocity from DiT outputs `out` (N, C) of the rows `vid` (N, 2C+1) = [x_t | source | flag] at t (N,)."""
+    if prediction == "velocity":
+        return out
+    c = out.shape[1]
+    x_t = vid[:, :c].to(out.dtype)
+    x0 = out if prediction == "x0" else x0_from_source(x_t, vid[:, c : 2 * c].to(out.dtype), out, t)
+    return velocity_from_x0(x_t, x0, t)
+
+
+def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, T: float = 1000.0) -> Tensor:
+    """The velocity eps - x0 implied by a clean-latent prediction: (x_t - x0) / max(t/T, X0_T_MIN).
+
+    x_t, x0: (N, C); t: (N,) or (1,) timesteps in [0, T]. Exact for t/T >= X0_T_MIN (x_t = (1-s) x0 + s eps).
+    """
+    s = (t.float() / T).clamp(min=X0_T_MIN).to(x_t.dtype)
+    return (x_t - x0) / s[:, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,11 +481,21 @@ class PackedInput:
     vid_lens: list[int]  # patched video tokens per sample (for FLOPs)
     txt_lens: list[int]
     attended_pairs: int  # query-key pairs actually attended (for FLOPs)
+    prediction: str = "velocity"  # what the DiT outputs (LayoutSpec.prediction); run_dit returns velocities
 
     def text(self, table: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Assemble the samples' texts with the turn-embedding table (keeps the table's gradient)."""
         txt, shape = assemble_session_text(self.txt_states, table)
         return txt.to(dtype), shape
+
+    def row_timesteps(self) -> Tensor:
+        """(N,) the timestep of every video row (each frame's t over its h*w rows)."""
+        shape = self.vid_shape
+        if self.frame_timestep is None:
+            return torch.repeat_interleave(self.timestep, shape[:, 0] * shape[:, 1] * shape[:, 2])
+        return torch.repeat_interleave(
+            self.frame_timestep, torch.repeat_interleave(shape[:, 1] * shape[:, 2], shape[:, 0])
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -537,6 +595,7 @@ def pack_samples(
         vid_lens=vid_lens,
         txt_lens=txt_lens,
         attended_pairs=attended,
+        prediction=spec.prediction,
     )
 
 
@@ -544,7 +603,7 @@ def run_dit(dit, packed: PackedInput) -> Tensor:
     """The DiT's velocity for every video row of a packed input (latent units, (N, C_out))."""
     table = dit.prompt_id_embedding.embedding.weight
     txt, txt_shape = packed.text(table, table.dtype)
-    return dit(
+    out = dit(
         packed.vid,
         txt,
         packed.vid_shape,
@@ -555,6 +614,9 @@ def run_dit(dit, packed: PackedInput) -> Tensor:
         txt_pos=packed.txt_pos,
         attn_mask=packed.attn_mask,
     )
+    if packed.prediction != "velocity":
+        out = output_velocity(packed.prediction, packed.vid, out, packed.row_timesteps())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,7 +753,10 @@ class SessionDenoiser:
             vid, txt, packed.vid_shape, txt_shape.to(self.device), timestep,
             frame_timestep=frame_t, vid_pos=packed.vid_pos, txt_pos=packed.txt_pos, attn_mask=packed.attn_mask,
         )  # fmt: skip
-        return [o.to(x_t.dtype) for o in out[rows].split(self.state_shape[0])]
+        out = out[rows]
+        if self.spec.prediction != "velocity":
+            out = output_velocity(self.spec.prediction, vid[rows], out, tval.expand(out.shape[0]))
+        return [o.to(x_t.dtype) for o in out.split(self.state_shape[0])]
 
 
 def make_denoiser(

@@ -79,6 +79,7 @@ class ModelConfig:
                 "attention": ("full", "block_causal"),
                 "rope": LAYOUT_ROPES,
                 "condition": ("none", "source"),
+                "prediction": ("velocity", "x0", "x0_source"),
             }
             for key, value in self.layout.items():
                 if key not in allowed or value not in allowed[key]:

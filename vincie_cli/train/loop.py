@@ -79,7 +79,7 @@ def layout_spec(recipe: Recipe) -> LayoutSpec:
     m = recipe.model
     if m.layout == "released":
         return LayoutSpec("released")
-    return LayoutSpec("paper", m.attention, m.rope, m.condition)
+    return LayoutSpec("paper", m.attention, m.rope, m.condition, m.prediction)
 
 
 def model_config_dict(model, spec: LayoutSpec, recipe: Recipe | None = None) -> dict[str, Any]:
@@ -365,6 +365,10 @@ def _setup(recipe, out, resume, emit, sessions, val_sessions, lock) -> TrainStat
         dit.to(device)
     if loaded is not None:
         _load_weights(dit, loaded, lora, device)
+    elif recipe.model.init is None and spec.prediction == "x0_source":
+        # from scratch, start as the linear guess (output 0): the copy of what the edit leaves alone is free
+        torch.nn.init.zeros_(dit.vid_out.proj.weight)
+        torch.nn.init.zeros_(dit.vid_out.proj.bias)
     if recipe.train.compile:
         dit.compile()
     # the model is prepared first (FSDP replaces parameters), then the optimizer is built over the result
@@ -541,10 +545,13 @@ def batch_flops(config, packed) -> float:
     return float(dense - 2 * config.num_layers * (full_attn - masked))
 
 
-def _loss(out: Tensor, packed) -> tuple[Tensor, Tensor, Tensor]:
+def _loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tensor, Tensor, Tensor]:
     from vincie_cli.flow.loss import task_weighted_loss, token_mse
+    from vincie_cli.model.layouts import X0_T_MIN
 
     per_token = token_mse(out[packed.loss_rows], packed.target)
+    if weighting == "x0":  # the clean-latent MSE: |x0_hat - x0|^2 = (t/T)^2 |v_hat - v|^2
+        per_token = per_token * (packed.row_timesteps()[packed.loss_rows] / 1000.0).clamp(min=X0_T_MIN).pow(2)
     loss, per_group = task_weighted_loss(per_token, packed.groups, packed.weights)
     present = torch.zeros(len(GROUPS), device=per_token.device).index_add(0, packed.groups, torch.ones_like(per_token))
     return loss, per_group.detach(), present > 0
@@ -570,7 +577,7 @@ def train_step(state: TrainState) -> dict[str, Any]:
         ctx = acc.no_sync(state.trainer) if not sync and acc.num_processes > 1 else _null()
         with ctx, acc.autocast():
             out = state.trainer(packed)
-            loss, per_group, present = _loss(out.float(), packed)
+            loss, per_group, present = _loss(out.float(), packed, r.flow.loss)
         acc.backward(loss / r.train.grad_accum)
         losses.append(loss.detach())
         groups_sum += torch.where(present, per_group, 0).cpu()

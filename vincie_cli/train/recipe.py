@@ -60,6 +60,8 @@ class ModelSection:
     attention: Literal["block_causal", "full"] = "block_causal"  # paper layout only
     rope: Literal["interleaved", "text_then_image"] = "interleaved"  # paper layout only
     condition: Literal["none", "source"] = "none"  # paper layout: targets also carry their source image's latent
+    # paper layout: the network predicts v, the clean latent, or a correction to its linear guess from the source
+    prediction: Literal["velocity", "x0", "x0_source"] = "velocity"
     attention_precision: Literal["bf16", "fp32"] = "fp32"  # "bf16": the release's q/k/v rounding
     frozen_dtype: Literal["fp32", "bf16"] = "fp32"  # the frozen autoencoder (and byte/T5 text encoder)
     gradient_checkpointing: bool = False
@@ -129,6 +131,9 @@ class TasksSection:
 class FlowSection:
     timestep_loc: float = 0.0  # logit-normal training timesteps: t = 1000 sigmoid(loc + scale z)
     timestep_scale: float = 1.0
+    # "velocity": the MSE of eps - x0; "x0": each target's velocity MSE times max(t/T, 0.05)^2, i.e. the MSE
+    # of the clean latent it implies (every sampling step weighs the same; pairs with model.prediction x0)
+    loss: Literal["velocity", "x0"] = "velocity"
     vae_sample: bool = False  # encode with a posterior sample instead of the mean
 
     def __post_init__(self) -> None:
