@@ -257,6 +257,8 @@ def test_x0_prediction_turns_the_network_output_into_a_velocity(dit):
         LayoutSpec("paper", prediction="eps")
     with pytest.raises(BadInputError, match="released layout"):
         LayoutSpec("released", prediction="x0")
+    with pytest.raises(BadInputError, match='needs condition "source"'):
+        LayoutSpec("paper", prediction="x0_source")
 
 
 def test_x0_source_prediction_starts_from_the_linear_guess():

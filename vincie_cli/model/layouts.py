@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vincie_cli.flow.schedule import add_noise
+from vincie_cli.flow.schedule import T_MAX, add_noise
 from vincie_cli.model.dit import assemble_session_text
 from vincie_cli.utils.io import BadInputError
 
@@ -97,6 +97,8 @@ class LayoutSpec:
             raise BadInputError(f"layout prediction must be one of {PREDICTION_KINDS}, got {self.prediction!r}")
         if self.kind == "released" and (self.condition, self.prediction) != ("none", "velocity"):
             raise BadInputError("the released layout has no condition or prediction options (paper layout only)")
+        if self.prediction == "x0_source" and self.condition != "source":
+            raise BadInputError('layout prediction "x0_source" needs condition "source" (its guess starts from it)')
 
     @classmethod
     def of(cls, obj: Any) -> LayoutSpec:
@@ -123,7 +125,7 @@ class LayoutSpec:
         return d
 
 
-def x0_from_source(x_t: Tensor, src: Tensor, out: Tensor, t: Tensor, T: float = 1000.0) -> Tensor:
+def x0_from_source(x_t: Tensor, src: Tensor, out: Tensor, t: Tensor, T: float = T_MAX) -> Tensor:
     """prediction "x0_source": x0_hat = m + c * out, where m and c are the mean and std of x0 given x_t under
     the prior x0 ~ N(src, SOURCE_SIGMA^2): the network only predicts a normalised correction, and an output
     of zero is already the right answer for everything the edit leaves alone.
@@ -147,7 +149,7 @@ def output_velocity(prediction: str, vid: Tensor, out: Tensor, t: Tensor) -> Ten
     return velocity_from_x0(x_t, x0, t)
 
 
-def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, T: float = 1000.0) -> Tensor:
+def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, T: float = T_MAX) -> Tensor:
     """The velocity eps - x0 implied by a clean-latent prediction: (x_t - x0) / max(t/T, X0_T_MIN).
 
     x_t, x0: (N, C); t: (N,) or (1,) timesteps in [0, T]. Exact for t/T >= X0_T_MIN (x_t = (1-s) x0 + s eps).

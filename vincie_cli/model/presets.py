@@ -22,13 +22,12 @@ from typing import Any
 import torch
 
 from vincie_cli.model.dit import DiTConfig
+from vincie_cli.model.layouts import ATTENTION_KINDS, CONDITION_KINDS, LAYOUT_KINDS, PREDICTION_KINDS, ROPE_KINDS
 from vincie_cli.model.text import TextEncoderConfig
 from vincie_cli.model.vae import VAEConfig
 from vincie_cli.utils.io import BadInputError, UsageError
 
-LAYOUT_KINDS = ("released", "paper")
 SAMPLING_KEYS = ("steps", "shift", "guidance", "rescale", "partial", "resolution")
-LAYOUT_ROPES = ("text_then_image", "interleaved")
 
 # Qwen-14B (v1) as Qwen2Config fields (spec §7.1/7.4); a released llm14b/config.json takes precedence.
 QWEN14B_ARCH: dict[str, Any] = {
@@ -76,10 +75,10 @@ class ModelConfig:
         if self.layout is not None:
             allowed = {
                 "kind": LAYOUT_KINDS,
-                "attention": ("full", "block_causal"),
-                "rope": LAYOUT_ROPES,
-                "condition": ("none", "source"),
-                "prediction": ("velocity", "x0", "x0_source"),
+                "attention": ATTENTION_KINDS,
+                "rope": ROPE_KINDS,
+                "condition": CONDITION_KINDS,
+                "prediction": PREDICTION_KINDS,
             }
             for key, value in self.layout.items():
                 if key not in allowed or value not in allowed[key]:

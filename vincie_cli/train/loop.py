@@ -547,11 +547,12 @@ def batch_flops(config, packed) -> float:
 
 def _loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tensor, Tensor, Tensor]:
     from vincie_cli.flow.loss import task_weighted_loss, token_mse
+    from vincie_cli.flow.schedule import T_MAX
     from vincie_cli.model.layouts import X0_T_MIN
 
     per_token = token_mse(out[packed.loss_rows], packed.target)
     if weighting == "x0":  # the clean-latent MSE: |x0_hat - x0|^2 = (t/T)^2 |v_hat - v|^2
-        per_token = per_token * (packed.row_timesteps()[packed.loss_rows] / 1000.0).clamp(min=X0_T_MIN).pow(2)
+        per_token = per_token * (packed.row_timesteps()[packed.loss_rows] / T_MAX).clamp(min=X0_T_MIN).pow(2)
     loss, per_group = task_weighted_loss(per_token, packed.groups, packed.weights)
     present = torch.zeros(len(GROUPS), device=per_token.device).index_add(0, packed.groups, torch.ones_like(per_token))
     return loss, per_group.detach(), present > 0
