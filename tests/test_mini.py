@@ -29,8 +29,14 @@ def bench(tmp_path_factory):
     return folder
 
 
-def test_packaged_model_describes_itself():
+def test_packaged_model_describes_itself(tmp_path, monkeypatch):
+    from vincie_cli.model.pipeline import resolve_model_path
+
     assert default_model_path() == PACKAGED_MODEL
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("mini") == PACKAGED_MODEL  # usable by name where a model folder is asked for
+    (tmp_path / "mini").mkdir()
+    assert resolve_model_path("mini").resolve() == (tmp_path / "mini").resolve()  # a local folder wins
     cfg = json.loads((PACKAGED_MODEL / "model_config.json").read_text())
     assert cfg["layout"] == {
         "kind": "paper", "attention": "block_causal", "rope": "interleaved", "condition": "source",
@@ -60,7 +66,7 @@ def test_mini_edits_held_out_sessions(runner, bench, tmp_path):
     out = tmp_path / "eval"
     r = runner.invoke(
         main,
-        ["eval", "synthetic", "-o", str(out), "--model", str(PACKAGED_MODEL), "--benchmark", str(bench)]
+        ["eval", "synthetic", "-o", str(out), "--model", "mini", "--benchmark", str(bench)]
         + ["--device", "cpu"],
     )
     assert r.exit_code == 0, r.stderr

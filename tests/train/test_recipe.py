@@ -77,7 +77,23 @@ def test_print_config_cli(runner):
     res = runner.invoke(main, ["train", str(REPO / "recipes" / "tiny.yaml"), "--set", "optim.speed=2"])
     assert res.exit_code == 2 and "optim.speed" in res.stderr
     res = runner.invoke(main, ["train", "no/such/recipe.yaml"])
-    assert res.exit_code == 2 and "no such file" in res.stderr
+    assert res.exit_code == 2 and "no/such/recipe.yaml: no such recipe file" in res.stderr
+
+
+def test_packaged_recipes_load_by_name_from_any_folder(runner, tmp_path, monkeypatch):
+    from vincie_cli.train.recipe import PACKAGED_RECIPES, packaged_recipes
+
+    assert set(packaged_recipes()) >= {"tiny", "mini", "3b", "7b", "sft"}
+    assert (PACKAGED_RECIPES / "accelerate").is_dir()
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here, as after a pip install
+    for name in ("mini", "mini.yaml"):
+        res = runner.invoke(main, ["train", name, "--print-config"])
+        assert res.exit_code == 0, res.stderr
+        assert yaml.safe_load(res.stdout) == yaml.safe_load(recipe_yaml(load_recipe(REPO / "recipes" / "mini.yaml")))
+    res = runner.invoke(main, ["train", "huge"])
+    assert res.exit_code == 2 and "huge: no such recipe file (packaged recipes, usable by name: 3b, 7b" in res.stderr
+    (tmp_path / "mini.yaml").write_text("name: mine\nmodel: {preset: tiny}\n")  # a local file wins over the name
+    assert load_recipe("mini.yaml").name == "mine"
 
 
 def test_lr_schedule():

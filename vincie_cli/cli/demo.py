@@ -84,11 +84,9 @@ def demo(
     editor = model or str(default_model_path())
     out = out_dir.resolve()
     logs = out / "logs"
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
-    if not recipe.is_file():
-        from vincie_cli.utils.io import VincieError
+    from vincie_cli.train.recipe import find_recipe
 
-        raise VincieError(f"{recipe}: the tiny recipe is missing from this installation")
+    recipe = find_recipe("tiny")  # the packaged one: works from a wheel install too
 
     def stage(name: str, **summary: Any) -> None:
         emit({"type": "demo_stage", "stage": name, **summary})

@@ -59,8 +59,8 @@ def session_options(fn: Any) -> Any:
         click.option(
             "--model",
             default=None,
-            help="Model folder (the release's VINCIE-3B, or from `vincie convert` / `vincie train`) or hub id "
-            "[default: the session's model on --resume, else the packaged model].",
+            help="Model folder (the release's VINCIE-3B, or from `vincie convert` / `vincie train`), hub id, or "
+            "`mini` (the packaged model) [default: the session's model on --resume, else the packaged model].",
         ),
         click.option(
             "-o",

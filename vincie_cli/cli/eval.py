@@ -50,7 +50,9 @@ def generation_options(fn: Any) -> Any:
         default=None,
         help="Score existing images: a folder with <session id>/turn{k}.png (what `vincie edit` writes).",
     )(fn)
-    fn = click.option("--model", default=None, help="Generate with this model (checkpoint folder), then score.")(fn)
+    fn = click.option(
+        "--model", default=None, help="Generate with this model (folder, hub id, or `mini`: the packaged one); score."
+    )(fn)
     fn = click.option(
         "--name", default=None, help="Run name in reports and comparisons [default: the out folder's name]."
     )(fn)

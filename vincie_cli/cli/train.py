@@ -11,6 +11,7 @@ EPILOG = """
 Examples:
   vincie train recipes/tiny.yaml --set data.sources=[data/sessions] --out-dir runs/tiny
   vincie train recipes/mini.yaml --resume --out-dir runs/mini         # continue from runs/mini/latest
+  vincie train mini --print-config                                     # a packaged recipe, by name
   accelerate launch --config_file recipes/accelerate/8gpu.yaml -m vincie_cli train recipes/3b.yaml
 """
 
@@ -30,6 +31,8 @@ Examples:
 @handle_errors
 def train(recipe: str, overrides: tuple[str, ...], out_dir: str | None, resume: bool, print_config: bool) -> None:
     """Train a VINCIE model on session shards as the RECIPE describes.
+
+    RECIPE is a YAML file, or the name of a recipe that ships with vincie: tiny, mini, 3b, 7b, sft.
 
     Every step trains next-image prediction and, where RoE masks exist, current- and next-segmentation
     prediction; every checkpoint (OUT_DIR/step-XXXXXXXX/) is a model folder that `vincie edit --model`

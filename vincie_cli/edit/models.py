@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from vincie_cli.edit.settings import EditSettings
+from vincie_cli.model.pipeline import PACKAGED_MODELS
 from vincie_cli.utils.io import UsageError
 from vincie_cli.utils.log import get_logger
 
 log = get_logger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "mini"
+PACKAGED_MODEL = PACKAGED_MODELS["mini"]
 
 
 def dtype_of(name: str) -> torch.dtype:

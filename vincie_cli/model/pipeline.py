@@ -56,6 +56,8 @@ TEXT_DIR = "text_encoder"
 RELEASE_FILES = ("dit.pth", "vae.pth")
 RELEASE_TEXT_DIR = "llm14b"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# models that ship inside the package, usable by name wherever a model folder is asked for
+PACKAGED_MODELS = {"mini": Path(__file__).resolve().parents[1] / "assets" / "mini"}
 
 
 def keep_fp32(name: str) -> bool:
@@ -68,8 +70,9 @@ def keep_fp32(name: str) -> bool:
 
 
 def resolve_model_path(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as is (a `vincie train` run folder means its `latest` checkpoint); an `owner/name` hub
-    id through huggingface_hub (cache first when offline)."""
+    """A local folder as is (a `vincie train` run folder means its `latest` checkpoint); the name of a packaged
+    model (`mini`) when no such folder exists; an `owner/name` hub id through huggingface_hub (cache first when
+    offline)."""
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -82,6 +85,8 @@ def resolve_model_path(path_or_hub_id: str | os.PathLike, revision: str | None =
             return step
         return path
     text = str(path_or_hub_id)
+    if text in PACKAGED_MODELS and (PACKAGED_MODELS[text] / MODEL_CONFIG_FILE).is_file():
+        return PACKAGED_MODELS[text]
     if not _HUB_ID.match(text) or text.startswith((".", "/")):
         raise BadInputError(f"{text}: no such model folder")
     from huggingface_hub import snapshot_download

@@ -1,6 +1,7 @@
 """The training recipe: one YAML file = one `Recipe` (dataclasses below are the single source of truth).
 
     vincie train recipes/tiny.yaml --set optim.lr=3e-4 --set train.max_steps=50 --print-config
+    vincie train tiny ...        # a recipe that ships with the package, by name (works from a pip install)
 
 Loading is strict: an unknown key or a value of the wrong type is a `UsageError` naming the dotted key.
 `--set a.b=value` overrides are parsed as YAML. `model.dit` / `model.vae` / `model.text` are mappings of
@@ -238,8 +239,30 @@ def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
         raise UsageError(f"{where}: {e}") from None
 
 
+PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes that ship inside the package (tiny, mini, 3b, 7b, sft)."""
+    return sorted(p.stem for p in PACKAGED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path as given, else a packaged recipe by name ("mini" or "mini.yaml")."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    packaged = PACKAGED_RECIPES / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    if p.parent == Path(".") and packaged.is_file():
+        return packaged
+    known = ", ".join(packaged_recipes()) or "none"
+    raise UsageError(f"{p}: no such recipe file (packaged recipes, usable by name: {known})")
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe YAML, apply `--set key=value` overrides, and check it (errors name file and key)."""
+    """Read a recipe YAML (a path or a packaged recipe's name), apply `--set key=value` overrides, and check
+    it (errors name file and key)."""
+    path = find_recipe(path)
     data = apply_overrides(load_yaml(path), list(overrides))
     return recipe_from_dict(data, str(path))
 
