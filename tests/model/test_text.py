@@ -211,3 +211,36 @@ def test_byte_encoder(tmp_path):
     assert zero.encode(["ok"])[0].shape == (3, 8)
     with pytest.raises(BadInputError, match="eod_tokens must be 1 or 2"):
         TextEncoderConfig(eod_tokens=3)
+
+
+def test_word_buckets_hash_whole_words_case_insensitively():
+    from vincie_cli.model.text import word_bucket_ids
+
+    ids = list(b"Red red, r\xc3\xa9d 42!") + [256]
+    got = word_bucket_ids(ids, 1000)
+    assert got[0:3] == [got[0]] * 3 and got[4:7] == got[0:3]  # "Red" and "red": one bucket for every byte
+    assert got[3] == got[7] == got[8] == got[-2] == got[-1] == 0  # space, comma, "!", EOD: outside words
+    assert got[9:13] == [got[9]] * 4 and got[9] != got[0]  # "r\xc3\xa9d" stays one word, another bucket
+    assert got[14:16] == [got[14]] * 2 and got[14] not in (0, got[0], got[9])
+    # the bucket is part of a saved model's meaning: 32-bit FNV-1a, checked on its published test vectors
+    assert word_bucket_ids(list(b"a"), 2**32)[0] - 1 == 0xE40C292C
+    assert word_bucket_ids(list(b"FooBar"), 2**32)[0] - 1 == 0xBF9CF968  # = fnv1a(b"foobar")
+    assert all(0 <= g <= 1000 for g in got)
+
+
+def test_byte_encoder_with_word_buckets(tmp_path):
+    cfg = TextEncoderConfig(kind="byte", dim=16, max_length=32, layers=1, heads=2, seed=3, word_buckets=64)
+    enc = ByteTextEncoder(cfg).eval()
+    assert enc.word_embed.weight.shape == (65, 16) and not enc.word_embed.weight[0].any()
+    plain = ByteTextEncoder(TextEncoderConfig(kind="byte", dim=16, max_length=32, layers=1, heads=2, seed=3))
+    assert "word_embed.weight" not in plain.state_dict()  # old configs load and initialise exactly as before
+    a, b = enc.encode(["move the red star", "move the rod star"])
+    # the words differ in one byte; with word buckets every byte of the word (and, through attention,
+    # the rest of the prompt) moves, far more than the single changed byte embedding alone would
+    assert (a[9] - b[9]).abs().max() > 0.1 and (a[10] - b[10]).abs().max() > 0.1
+    enc.save_pretrained(tmp_path / "wb")
+    back = load_text_encoder(tmp_path / "wb")
+    assert back.config.word_buckets == 64
+    assert all(torch.equal(x, y) for x, y in zip((a, b), back.encode(["move the red star", "move the rod star"])))
+    with pytest.raises(BadInputError, match="word_buckets must be >= 0"):
+        TextEncoderConfig(kind="byte", word_buckets=-1)

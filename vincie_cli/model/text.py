@@ -94,6 +94,7 @@ class TextEncoderConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     seed: int = 0
+    word_buckets: int = 0  # > 0: every byte of a word also gets the embedding of the word's hash bucket
     # qwen / t5
     arch: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +112,8 @@ class TextEncoderConfig:
             problems.append(f"dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.word_buckets < 0 or (self.word_buckets and self.kind != "byte"):
+            problems.append(f"word_buckets must be >= 0 and is for the byte encoder only, got {self.word_buckets}")
         if self.kind == "byte" and self.layers > 0 and self.dim % self.heads:
             problems.append(f"byte encoder: heads {self.heads} do not divide dim {self.dim}")
         if problems:
@@ -738,9 +741,41 @@ class _ByteBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+def _is_word_byte(b: int) -> bool:
+    """ASCII letters and digits, and every byte of a multi-byte UTF-8 character (so accented words stay whole)."""
+    return 48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122 or b >= 128
+
+
+def word_bucket_ids(ids: list[int], buckets: int) -> list[int]:
+    """Per byte id: 1 + (32-bit FNV-1a hash of its lower-cased word) mod `buckets`; 0 outside words.
+
+    A word is a maximal run of `_is_word_byte` bytes; EOD/PAD (>= 256) and other bytes get 0.
+    """
+    out = [0] * len(ids)
+    i = 0
+    while i < len(ids):
+        if ids[i] > 255 or not _is_word_byte(ids[i]):
+            i += 1
+            continue
+        j = i
+        h = 0x811C9DC5
+        while j < len(ids) and ids[j] <= 255 and _is_word_byte(ids[j]):
+            b = ids[j] + 32 if 65 <= ids[j] <= 90 else ids[j]
+            h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+            j += 1
+        out[i:j] = [1 + h % buckets] * (j - i)
+        i = j
+    return out
+
+
 class ByteTextEncoder(TextEncoder):
     """UTF-8 bytes (ids 0..255) + EOD (256) -> embedding + learned positions -> pre-norm transformer layers
-    (bidirectional over the prompt's own tokens) -> LayerNorm. No vocabulary file; seeded init."""
+    (bidirectional over the prompt's own tokens) -> LayerNorm. No vocabulary file; seeded init.
+
+    With `word_buckets` > 0 every byte of a word also carries a hashed word embedding (the fastText idea without
+    a vocabulary): a frozen, randomly initialised encoder then already tells "red" from "rod" at every byte, so
+    a small model trained from scratch does not have to learn spelling inside the DiT before it can ground words.
+    """
 
     EOD = 256
     PAD = 257
@@ -753,6 +788,8 @@ class ByteTextEncoder(TextEncoder):
         d = config.dim
         self.embed = nn.Embedding(258, d)
         self.pos = nn.Embedding(config.max_length, d)
+        # row 0: bytes outside words (kept at zero)
+        self.word_embed = nn.Embedding(config.word_buckets + 1, d) if config.word_buckets else None
         hidden = max(1, int(round(d * config.mlp_ratio)))
         self.blocks = nn.ModuleList(_ByteBlock(d, config.heads, hidden) for _ in range(config.layers))
         self.norm = nn.LayerNorm(d)
@@ -765,6 +802,10 @@ class ByteTextEncoder(TextEncoder):
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
+                if name.startswith("word_embed."):
+                    p.copy_(torch.randn(p.shape, generator=g))
+                    p[0].zero_()
+                    continue
                 if name.startswith("embed."):
                     std = 1.0
                 elif name.startswith("pos."):
@@ -788,6 +829,9 @@ class ByteTextEncoder(TextEncoder):
     def hidden_states(self, ids: Tensor, mask: Tensor) -> Tensor:
         n = ids.shape[1]
         x = self.embed(ids) + self.pos(torch.arange(n, device=ids.device))[None]
+        if self.word_embed is not None:
+            words = [word_bucket_ids(row, self.config.word_buckets) for row in ids.tolist()]
+            x = x + self.word_embed(torch.tensor(words, device=ids.device))
         attn_mask = mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask)
