@@ -66,8 +66,7 @@ def test_mini_edits_held_out_sessions(runner, bench, tmp_path):
     out = tmp_path / "eval"
     r = runner.invoke(
         main,
-        ["eval", "synthetic", "-o", str(out), "--model", "mini", "--benchmark", str(bench)]
-        + ["--device", "cpu"],
+        ["eval", "synthetic", "-o", str(out), "--model", "mini", "--benchmark", str(bench)] + ["--device", "cpu"],
     )
     assert r.exit_code == 0, r.stderr
     report = json.loads((out / "report.json").read_text())

@@ -7,7 +7,7 @@ from PIL import Image
 from vincie_cli.cli import main
 from vincie_cli.eval import generate as gen_mod
 from vincie_cli.eval import synthetic
-from vincie_cli.utils.io import BadInputError
+from vincie_cli.utils.io import BadInputError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,25 @@ def test_generation_through_run_sessions(bench, tmp_path, monkeypatch, no_contex
         again = len(editor.calls)
         gen_mod.generate("ckpt", sessions, out, {}, no_context=True)  # resumed: nothing left to do
         assert len(editor.calls) == again
+
+
+def test_swapped_instructions_control(bench, tmp_path, monkeypatch, runner):
+    items, folder = synthetic.load_or_make(str(bench), tmp_path, 0, 0, 0, 0)
+    own = synthetic.generation_sessions(items, folder)
+    swapped = synthetic.generation_sessions(items, folder, swap_instructions=True)
+    assert [s["prompts"] for s in swapped] == [own[1]["prompts"], own[0]["prompts"]]
+    assert [s["images"] for s in swapped] == [s["images"] for s in own]  # same start frames, same ids
+    # an editor that follows its instructions perfectly fails the control: it does the other session's edits
+    editor = OracleEditor(bench, items)
+    monkeypatch.setattr(gen_mod, "_run_sessions", lambda: editor)
+    out = gen_mod.generate("ckpt", swapped, tmp_path / "gen", {}, False)
+    report = synthetic.run_synthetic(items, out, tmp_path / "run")
+    assert report["metrics"]["success_rate"] == [0.0, 0.0, 0.0]
+    with pytest.raises(UsageError, match="at least 2 sessions"):
+        synthetic.generation_sessions(items[:1], folder, swap_instructions=True)
+    args = ["eval", "synthetic", "-o", str(tmp_path / "x"), "--benchmark", str(bench), "--results", str(out)]
+    r = runner.invoke(main, args + ["--swap-instructions"])
+    assert r.exit_code == 2 and "need --model" in r.stderr
 
 
 def test_generation_with_the_real_edit(bench, tmp_path):

@@ -391,6 +391,12 @@ Examples:
 @click.option(
     "--chain", default=None, metavar="current,next", help="Chain-of-editing masks to predict (passed to edit)."
 )
+@click.option(
+    "--swap-instructions",
+    is_flag=True,
+    help="Control: generate each session with another session's instructions, scored against its own frames "
+    "(a model that reads its instructions scores lower).",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N sessions.")
 @click.option("--allow-missing", is_flag=True, help="Count missing result images as failed turns instead of stopping.")
 @handle_errors
@@ -409,6 +415,7 @@ def synthetic_cmd(
     seed_offset: int,
     no_context: bool,
     chain: str | None,
+    swap_instructions: bool,
     limit: int | None,
     allow_missing: bool,
 ) -> None:
@@ -423,8 +430,8 @@ def synthetic_cmd(
         parts = [p.strip() for p in chain.split(",") if p.strip()]
         if not parts or any(p not in ("current", "next") for p in parts):
             raise UsageError(f"--chain {chain!r}: expected current, next or current,next")
-    if model is None and (no_context or chain):
-        raise UsageError("--no-context and --chain shape generation; they need --model")
+    if model is None and (no_context or chain or swap_instructions):
+        raise UsageError("--no-context, --chain and --swap-instructions shape generation; they need --model")
     with DirLock(out, "-eval"):
         items, folder = synthetic.load_or_make(benchmark, out, sessions, size, turns, seed_offset, limit)
         if model is not None:
@@ -434,13 +441,17 @@ def synthetic_cmd(
             settings.setdefault("resolution", int(round((w * h) ** 0.5)))
             if chain:
                 settings["chain"] = chain
-            res_dir = generate(
-                model, synthetic.generation_sessions(items, folder), out / "generated", settings, no_context
-            )
+            sessions_in = synthetic.generation_sessions(items, folder, swap_instructions)
+            res_dir = generate(model, sessions_in, out / "generated", settings, no_context)
         else:
             res_dir = Path(results)  # type: ignore[arg-type]
         report = synthetic.run_synthetic(items, res_dir, out, allow_missing)
-        report["config"].update({"benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain})
+        report["config"].update(
+            {
+                "benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain,
+                "swap_instructions": swap_instructions,
+            }
+        )  # fmt: skip
         report = finalize(report, name or out.resolve().name)
         paths = write_report(out, report)
     emit(

@@ -62,10 +62,24 @@ def load_or_make(
     return (items[:limit] if limit else items), folder
 
 
-def generation_sessions(items: list[Any], folder: Path) -> list[dict[str, Any]]:
-    return [
-        {"id": s.id, "images": [str(folder / "images" / s.id / "start.png")], "prompts": s.instructions} for s in items
-    ]
+def generation_sessions(items: list[Any], folder: Path, swap_instructions: bool = False) -> list[dict[str, Any]]:
+    """What `vincie edit` runs: each session's start frame and its instructions.
+
+    swap_instructions: the instruction control. Session i gets the instructions of session i + n // 2 (turn k
+    takes that session's instruction k, cycling when it has fewer turns) while it is still scored against its
+    own expected frames, so a model that reads its instructions scores lower than with its own.
+    """
+    n = len(items)
+    if swap_instructions and n < 2:
+        raise UsageError("--swap-instructions needs at least 2 sessions")
+    out = []
+    for i, s in enumerate(items):
+        prompts = list(s.instructions)
+        if swap_instructions:
+            other = items[(i + max(1, n // 2)) % n].instructions
+            prompts = [other[k % len(other)] for k in range(len(prompts))]
+        out.append({"id": s.id, "images": [str(folder / "images" / s.id / "start.png")], "prompts": prompts})
+    return out
 
 
 def _session_json_masks(results: Path, sid: str) -> dict[tuple[int, str], Path]:
