@@ -3,7 +3,7 @@
 | preset | DiT | autoencoder | text | use |
 |---|---|---|---|---|
 | `tiny` | 32 wide, 2 layers | KL VAE (8, 8, 16, 16), 16 ch | bytes, 32-d, 1 layer | tests, seconds on CPU |
-| `mini` | 256 wide, 6 layers (2 mm), 4 x 64 heads | PixelAE x4, 48 ch | bytes + word hashes, 256-d | synthetic world |
+| `mini` | 256 wide, 6 layers (2 mm), 4 x 64 heads | PixelAE x4, 48 ch | bytes, 256-d, 2 layers | the synthetic world |
 | `3b` | the release: 2560 wide, 32 layers (10 mm) | the released VAE | QWen-14B v1 (5120-d) | VINCIE-3B |
 | `7b` | 3584 wide, 36 layers (10 mm), 28 x 128 heads | the released VAE | QWen-14B v1 | a guess, see below |
 
@@ -131,7 +131,7 @@ def _tiny() -> ModelConfig:
 def _mini() -> ModelConfig:
     vae = VAEConfig.pixel(factor=4)
     c = vae.latent_channels
-    text = TextEncoderConfig(kind="byte", dim=256, max_length=128, layers=2, heads=4, dtype="fp32", word_buckets=4096)
+    text = TextEncoderConfig(kind="byte", dim=256, max_length=128, layers=2, heads=4, dtype="fp32")
     dit = DiTConfig(
         vid_in_channels=2 * c + 1, vid_out_channels=c, vid_dim=256, txt_in_dim=256, heads=4, head_dim=64,
         num_layers=6, mm_layers=2, mlp_hidden=swiglu_hidden(256), rope_dim=64,
