@@ -156,6 +156,16 @@ def test_swapped_instructions_control(bench, tmp_path, monkeypatch, runner):
     args = ["eval", "synthetic", "-o", str(tmp_path / "x"), "--benchmark", str(bench), "--results", str(out)]
     r = runner.invoke(main, args + ["--swap-instructions"])
     assert r.exit_code == 2 and "need --model" in r.stderr
+    # through the CLI: the flag reaches generation and the report records it
+    for flag, want in (([], 1.0), (["--swap-instructions"], 0.0)):
+        dest = tmp_path / f"cli{len(flag)}"
+        r = runner.invoke(
+            main, ["eval", "synthetic", "-o", str(dest), "--benchmark", str(bench), "--model", "m"] + flag
+        )
+        assert r.exit_code == 0, r.stderr
+        report = json.loads((dest / "report.json").read_text())
+        assert report["metrics"]["success_rate"][0] == want
+        assert report["config"]["swap_instructions"] is bool(flag)
 
 
 def test_generation_with_the_real_edit(bench, tmp_path):
