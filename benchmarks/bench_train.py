@@ -27,8 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def synth_sessions(n: int, size: int, turns: int):
     from vincie_cli.sessions.session import Session
@@ -58,7 +56,6 @@ def bench_cpu(args: argparse.Namespace) -> dict:
     from vincie_cli.train import loop as L
     from vincie_cli.train.recipe import load_recipe
 
-    recipe_path = REPO / "recipes" / f"{args.recipe}.yaml"
     sets = [
         f"train.max_steps={args.steps + args.warmup + 1}",
         "train.checkpoint_every=1000000",
@@ -68,7 +65,7 @@ def bench_cpu(args: argparse.Namespace) -> dict:
         *([f"train.tokens_per_batch={args.tokens}"] if args.tokens else []),
         *args.set,
     ]
-    r = load_recipe(recipe_path, sets)
+    r = load_recipe(args.recipe, sets)  # a packaged recipe's name or a YAML path
     size = r.data.resolution
     sessions = synth_sessions(args.sessions, size, r.data.max_turns)
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))

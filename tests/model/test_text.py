@@ -244,3 +244,5 @@ def test_byte_encoder_with_word_buckets(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip((a, b), back.encode(["move the red star", "move the rod star"])))
     with pytest.raises(BadInputError, match="word_buckets must be >= 0"):
         TextEncoderConfig(kind="byte", word_buckets=-1)
+    with pytest.raises(BadInputError, match="is for the byte encoder only"):
+        TextEncoderConfig(kind="t5", word_buckets=8)
