@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vincie_cli.flow.schedule import (
@@ -11,6 +12,9 @@ from vincie_cli.flow.schedule import (
     sampling_timesteps,
     schedule_a,
     schedule_b,
+    shift_timesteps,
+    training_timesteps,
+    uniform_timesteps,
     x0_from_v,
 )
 
@@ -56,3 +60,27 @@ def test_logit_normal_timesteps():
     assert shifted.median() > 650  # sigmoid(1) = 0.73
     z = torch.randn(4000, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, 1000 * torch.sigmoid(z))
+
+
+def test_shift_timesteps_matches_the_sampling_grid():
+    grid = sampling_timesteps(10, shift=1.0)  # 1000, 900, ..., 100
+    torch.testing.assert_close(shift_timesteps(grid, 3.0), sampling_timesteps(10, shift=3.0))
+    t = torch.tensor([0.0, 250.0, 500.0, 1000.0])
+    torch.testing.assert_close(shift_timesteps(t, 1.0), t)
+    torch.testing.assert_close(shift_timesteps(t, 3.0), torch.tensor([0.0, 500.0, 750.0, 1000.0]))
+
+
+def test_training_timesteps():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # the default draws exactly the logit-normal stream (runs that resume keep their timesteps)
+    assert torch.equal(training_timesteps(64, g()), logit_normal_timesteps(64, g()))
+    u = training_timesteps(20000, g(), "uniform")
+    assert torch.equal(u, uniform_timesteps(20000, g()))
+    assert (u >= 0).all() and (u < 1000).all() and abs(u.mean().item() - 500) < 10
+    s = training_timesteps(20000, g(), "uniform", shift=3.0)
+    torch.testing.assert_close(s, shift_timesteps(u, 3.0))
+    # shift 3 puts as many training steps above t = 964 as the 10-step shift-3 grid has there (1 in 10)
+    assert abs((s > 1000 * 0.9 * 3 / (1 + 2 * 0.9)).float().mean().item() - 0.1) < 0.01
+    assert (logit_normal_timesteps(20000, g()) > 964).float().mean() < 0.01  # logit-normal (0, 1): ~0.2 %
+    with pytest.raises(ValueError, match="beta"):
+        training_timesteps(4, g(), "beta")

@@ -276,3 +276,20 @@ def test_x0_source_training_starts_from_the_linear_guess(tiny_recipe, shards, tm
     assert torch.count_nonzero(state.dit.vid_out.proj.weight) == 0
     assert torch.count_nonzero(state.dit.vid_out.proj.bias) == 0
     assert torch.count_nonzero(state.dit.blocks[0].attn.proj_qkv.vid.weight) > 0
+
+
+def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
+    from vincie_cli.flow.schedule import training_timesteps
+
+    sets = ["flow.timestep_dist=uniform", "flow.timestep_shift=3.0", "train.max_steps=1"]
+    state = L.setup(recipe(tiny_recipe, shards, *sets), tmp_path)
+    batch = state.batcher.next_batch()
+    packed = L.make_inputs(state, batch, torch.Generator().manual_seed(5))
+    n = sum(len(p.comp.targets) for p in batch)
+    want = training_timesteps(n, torch.Generator().manual_seed(5), "uniform", shift=3.0)
+    got = packed.row_timesteps()[packed.loss_rows].unique()
+    torch.testing.assert_close(got.sort().values, want.unique().sort().values)
+    with pytest.raises(UsageError, match=r"flow\.timestep_shift: expected > 0"):
+        recipe(tiny_recipe, shards, "flow.timestep_shift=0")
+    with pytest.raises(UsageError, match=r"flow\.timestep_dist: expected one of"):
+        recipe(tiny_recipe, shards, "flow.timestep_dist=beta")

@@ -76,3 +76,39 @@ def logit_normal_timesteps(
     """Training timesteps t = T·sigmoid(loc + scale·z), z ~ N(0, 1); (n,) fp32 in (0, T)."""
     z = torch.randn(n, generator=generator, device=device, dtype=torch.float32)
     return torch.sigmoid(loc + scale * z) * float(T)
+
+
+def uniform_timesteps(
+    n: int, generator: torch.Generator | None = None, T: float = T_MAX, device: torch.device | str | None = None
+) -> Tensor:
+    """Training timesteps t = T·u, u ~ U[0, 1); (n,) fp32."""
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float32) * float(T)
+
+
+def shift_timesteps(t: Tensor, shift: float, T: float = T_MAX) -> Tensor:
+    """The sampling grid's shift applied to timesteps: u = t/T -> shift·u / (1 + (shift − 1)·u), times T.
+
+    shift 1 is the identity; shift > 1 moves mass towards T, where `sampling_timesteps` with the same shift
+    spends most of its steps, so a model trained this way is trained where it will be sampled.
+    """
+    u = t / T
+    return shift * u / (1 + (shift - 1) * u) * float(T)
+
+
+def training_timesteps(
+    n: int,
+    generator: torch.Generator | None = None,
+    dist: str = "logit_normal",
+    loc: float = 0.0,
+    scale: float = 1.0,
+    shift: float = 1.0,
+    T: float = T_MAX,
+) -> Tensor:
+    """(n,) training timesteps: `dist` "logit_normal" (loc, scale) or "uniform", then `shift_timesteps`."""
+    if dist == "logit_normal":
+        t = logit_normal_timesteps(n, generator, loc, scale, T)
+    elif dist == "uniform":
+        t = uniform_timesteps(n, generator, T)
+    else:
+        raise ValueError(f"unknown timestep distribution {dist!r} (logit_normal or uniform)")
+    return t if shift == 1.0 else shift_timesteps(t, shift, T)

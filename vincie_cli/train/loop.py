@@ -507,7 +507,7 @@ def encode_batch(state: TrainState, batch: list[Prepared], gen: torch.Generator)
 
 def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator):
     """Encode a micro-batch and lay it out: the packed DiT input with its loss rows."""
-    from vincie_cli.flow.schedule import logit_normal_timesteps
+    from vincie_cli.flow.schedule import training_timesteps
 
     r = state.recipe
     latents = encode_batch(state, batch, gen)
@@ -517,7 +517,10 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator):
     dev = state.device
     step_states = [[encoded[t].to(dev) for t in p.comp.texts] for p in batch]
     n_targets = sum(len(p.comp.targets) for p in batch)
-    times = logit_normal_timesteps(n_targets, gen, r.flow.timestep_loc, r.flow.timestep_scale).tolist()
+    f = r.flow
+    times = training_timesteps(
+        n_targets, gen, f.timestep_dist, f.timestep_loc, f.timestep_scale, f.timestep_shift
+    ).tolist()
     samples, owners, k = [], [], 0
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
     for i, (p, lat) in enumerate(zip(batch, latents)):

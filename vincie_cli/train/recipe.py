@@ -130,8 +130,13 @@ class TasksSection:
 
 @dataclass
 class FlowSection:
-    timestep_loc: float = 0.0  # logit-normal training timesteps: t = 1000 sigmoid(loc + scale z)
+    # training timesteps: "logit_normal" (t = 1000 sigmoid(loc + scale z)) or "uniform", then the sampling
+    # grid's shift (1: none). Sampling with shift s spends most steps near t = 1000; a model never trained
+    # there starts every edit from a guess it has not learned (docs/training.md)
+    timestep_dist: Literal["logit_normal", "uniform"] = "logit_normal"
+    timestep_loc: float = 0.0
     timestep_scale: float = 1.0
+    timestep_shift: float = 1.0
     # "velocity": the MSE of eps - x0; "x0": each target's velocity MSE times max(t/T, 0.05)^2, i.e. the MSE
     # of the clean latent it implies (every sampling step weighs the same; pairs with model.prediction x0)
     loss: Literal["velocity", "x0"] = "velocity"
@@ -139,6 +144,7 @@ class FlowSection:
 
     def __post_init__(self) -> None:
         _check(self.timestep_scale > 0, "flow.timestep_scale", "expected > 0")
+        _check(self.timestep_shift > 0, "flow.timestep_shift", "expected > 0")
 
 
 @dataclass
