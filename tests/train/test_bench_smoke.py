@@ -17,3 +17,27 @@ def test_bench_train_gpu_section_runs_tiny_on_cpu():
     rec = json.loads(res.stdout.strip().splitlines()[-1])
     assert rec["bench"] == "train_step_gpu" and rec["model"] == "tiny"
     assert rec["tokens"] > 0 and rec["tokens_per_s"] > 0 and rec["tflops_per_s"] > 0
+
+
+def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
+    import importlib.util
+
+    from tests.train.helpers import tiny_overrides
+    from vincie_cli.train import loop as L
+    from vincie_cli.train.recipe import load_recipe
+
+    sets = ["model.prediction=x0_source", "flow.loss=x0", "train.max_steps=2", "train.checkpoint_every=2"]
+    L.train(load_recipe(REPO / "recipes" / "tiny.yaml", tiny_overrides(shards) + sets), out_dir=tmp_path)
+    ckpt = tmp_path / (tmp_path / "latest").read_text().strip()
+    spec = importlib.util.spec_from_file_location("lbt", REPO / "benchmarks" / "loss_by_timestep.py")
+    lbt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lbt)
+    run = lambda seed: lbt.loss_by_timestep(str(ckpt), (0.5, 1.0), batches=1, seed=seed, zero=True)  # noqa: E731
+    a, b = run(0), run(1)
+    assert [r["t"] for r in a] == [500.0, 1000.0]
+    assert all(r["model"]["nip"] > 0 and r["zero"]["nip"] > 0 for r in a)
+    # a zero output of x0_source at t = T is the source image: its loss is |target - source|^2, whatever the
+    # noise; at t = T/2 it carries noise (so the rows really were noised to the t asked for)
+    assert abs(a[1]["zero"]["nip"] - b[1]["zero"]["nip"]) < 1e-6 * a[1]["zero"]["nip"]
+    assert abs(a[0]["zero"]["nip"] - b[0]["zero"]["nip"]) > 1e-4 * a[0]["zero"]["nip"]
+    assert a == run(0)  # the same seed, the same numbers

@@ -505,8 +505,9 @@ def encode_batch(state: TrainState, batch: list[Prepared], gen: torch.Generator)
     return out  # type: ignore[return-value]
 
 
-def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator):
-    """Encode a micro-batch and lay it out: the packed DiT input with its loss rows."""
+def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, t: float | None = None):
+    """Encode a micro-batch and lay it out: the packed DiT input with its loss rows. Every target is noised
+    to timestep `t` when given (diagnostics), else to the recipe's training timesteps."""
     from vincie_cli.flow.schedule import training_timesteps
 
     r = state.recipe
@@ -521,6 +522,8 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator):
     times = training_timesteps(
         n_targets, gen, f.timestep_dist, f.timestep_loc, f.timestep_scale, f.timestep_shift
     ).tolist()
+    if t is not None:
+        times = [float(t)] * n_targets
     samples, owners, k = [], [], 0
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
     for i, (p, lat) in enumerate(zip(batch, latents)):
@@ -548,7 +551,10 @@ def batch_flops(config, packed) -> float:
     return float(dense - 2 * config.num_layers * (full_attn - masked))
 
 
-def _loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tensor, Tensor, Tensor]:
+def target_loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tensor, Tensor, Tensor]:
+    """The training loss of DiT outputs `out` on `packed`: (scalar, per-group mean losses, groups present).
+
+    `weighting` is the recipe's `flow.loss` ("velocity" or "x0", the clean-latent MSE)."""
     from vincie_cli.flow.loss import task_weighted_loss, token_mse
     from vincie_cli.flow.schedule import T_MAX
     from vincie_cli.model.layouts import X0_T_MIN
@@ -581,7 +587,7 @@ def train_step(state: TrainState) -> dict[str, Any]:
         ctx = acc.no_sync(state.trainer) if not sync and acc.num_processes > 1 else _null()
         with ctx, acc.autocast():
             out = state.trainer(packed)
-            loss, per_group, present = _loss(out.float(), packed, r.flow.loss)
+            loss, per_group, present = target_loss(out.float(), packed, r.flow.loss)
         acc.backward(loss / r.train.grad_accum)
         losses.append(loss.detach())
         groups_sum += torch.where(present, per_group, 0).cpu()

@@ -1,0 +1,92 @@
+"""Where along the noise schedule a checkpoint is good: its training loss with every target at one timestep.
+
+    python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --set data.sources=[data/sessions]
+    python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --zero     # and a network that outputs 0
+
+Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model.init` set to it, draws
+`--batches` training batches once, and for each t/T in `--t` runs the real loss (`train.loop.make_inputs`
+with that t, `train.loop.target_loss`, the recipe's `flow.loss`) with the same noise. Prints one JSON line
+per t with the loss per task (nip: images, csp / nsp: masks). `--zero` adds the loss of a network whose
+output is all zeros: for `prediction: x0_source` that is the linear guess, which at t = T is the source
+image unchanged; a model that scores worse than that at high t has not learned the edits
+(docs/training.md, "Loss and timesteps").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_T = (0.1, 0.25, 0.5, 0.75, 0.9, 0.97, 1.0)
+
+
+def loss_by_timestep(
+    checkpoint: str, t_fracs=DEFAULT_T, batches: int = 3, seed: int = 0, sets=(), zero: bool = False, sessions=None
+) -> list[dict]:
+    """One row per t/T in `t_fracs`: {"t", "model": {group: loss}, "zero": {...} when `zero`}."""
+    import torch
+
+    from vincie_cli.flow.schedule import T_MAX
+    from vincie_cli.model.layouts import GROUPS, output_velocity
+    from vincie_cli.train import loop as L
+    from vincie_cli.train.recipe import load_recipe
+
+    ck = Path(checkpoint)
+    recipe = ck / "recipe.yaml"
+    r = load_recipe(recipe if recipe.is_file() else "mini", [f"model.init={ck}", "eval.every=0",
+                    "log.tensorboard=false", *sets])  # fmt: skip
+    out = Path(tempfile.mkdtemp(prefix="loss-by-t-"))
+    rows = []
+    try:
+        state = L.setup(r, out_dir=out, sessions=sessions)
+        data = [state.batcher.next_batch() for _ in range(batches)]
+        state.trainer.eval()
+        for frac in t_fracs:
+            sums = {"model": torch.zeros(len(GROUPS)), "zero": torch.zeros(len(GROUPS))}
+            counts = torch.zeros(len(GROUPS))
+            with torch.no_grad():
+                for i, batch in enumerate(data):
+                    packed = L.make_inputs(state, batch, torch.Generator().manual_seed(seed + i), t=frac * T_MAX)
+                    outs = {"model": state.trainer(packed).float()}
+                    if zero:  # the velocity that a raw network output of zeros gives
+                        z = torch.zeros_like(outs["model"])
+                        if packed.prediction != "velocity":
+                            z = output_velocity(packed.prediction, packed.vid, z, packed.row_timesteps()).float()
+                        outs["zero"] = z
+                    for name, o in outs.items():
+                        _, per_group, present = L.target_loss(o, packed, r.flow.loss)
+                        sums[name] += torch.where(present, per_group, 0)
+                    counts += present
+            row = {"type": "bench", "bench": "loss_by_timestep", "t": frac * T_MAX}
+            for name in outs:
+                row[name] = {g: float(sums[name][k] / counts[k]) for k, g in enumerate(GROUPS) if counts[k] > 0}
+            rows.append(row)
+        state.lock.release()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", help="a training checkpoint folder (runs/NAME/step-N) or a model folder")
+    ap.add_argument("--t", type=float, nargs="+", default=list(DEFAULT_T), help="timesteps as fractions of T")
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zero", action="store_true", help="also the loss of a network that outputs zeros")
+    ap.add_argument("--set", action="append", default=[], help="recipe override, e.g. data.sources=[data/sessions]")
+    args = ap.parse_args()
+    for row in loss_by_timestep(args.checkpoint, args.t, args.batches, args.seed, args.set, args.zero):
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
