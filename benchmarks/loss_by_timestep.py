@@ -2,6 +2,7 @@
 
     python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --set data.sources=[data/sessions]
     python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --zero     # and a network that outputs 0
+    python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --no-text  # and with every text blanked
 
 Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model.init` set to it, draws
 `--batches` training batches once, and for each t/T in `--t` runs the real loss (`train.loop.make_inputs`
@@ -9,7 +10,8 @@ with that t, `train.loop.target_loss`, the recipe's `flow.loss`) with the same n
 per t with the loss per task (nip: images, csp / nsp: masks). `--zero` adds the loss of a network whose
 output is all zeros: for `prediction: x0_source` that is the linear guess, which at t = T is the source
 image unchanged; a model that scores worse than that at high t has not learned the edits
-(docs/training.md, "Loss and timesteps").
+(docs/training.md, "Loss and timesteps"). `--no-text` adds the model's loss with every instruction
+blanked (as text dropout does): the gap at high t is what reading the instructions is worth to it.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ DEFAULT_T = (0.1, 0.25, 0.5, 0.75, 0.9, 0.97, 1.0)
 
 
 def loss_by_timestep(
-    checkpoint: str, t_fracs=DEFAULT_T, batches: int = 3, seed: int = 0, sets=(), zero: bool = False, sessions=None
+    checkpoint: str,
+    t_fracs=DEFAULT_T,
+    batches: int = 3,
+    seed: int = 0,
+    sets=(),
+    zero: bool = False,
+    no_text: bool = False,
+    sessions=None,
 ) -> list[dict]:
-    """One row per t/T in `t_fracs`: {"t", "model": {group: loss}, "zero": {...} when `zero`}."""
+    """One row per t/T in `t_fracs`: {"t", "model": {group: loss}, and "zero" / "no_text" when asked}."""
     import torch
 
     from vincie_cli.flow.schedule import T_MAX
@@ -48,9 +57,10 @@ def loss_by_timestep(
     try:
         state = L.setup(r, out_dir=out, sessions=sessions)
         data = [state.batcher.next_batch() for _ in range(batches)]
+        blank = [[_blanked(p, state.preparer) for p in batch] for batch in data] if no_text else None
         state.trainer.eval()
         for frac in t_fracs:
-            sums = {"model": torch.zeros(len(GROUPS)), "zero": torch.zeros(len(GROUPS))}
+            sums = {k: torch.zeros(len(GROUPS)) for k in ("model", "zero", "no_text")}
             counts = torch.zeros(len(GROUPS))
             with torch.no_grad():
                 for i, batch in enumerate(data):
@@ -61,8 +71,11 @@ def loss_by_timestep(
                         if packed.prediction != "velocity":
                             z = output_velocity(packed.prediction, packed.vid, z, packed.row_timesteps()).float()
                         outs["zero"] = z
+                    if no_text:  # the same noise: no random draw depends on the texts
+                        p2 = L.make_inputs(state, blank[i], torch.Generator().manual_seed(seed + i), t=frac * T_MAX)
+                        outs["no_text"] = state.trainer(p2).float()
                     for name, o in outs.items():
-                        _, per_group, present = L.target_loss(o, packed, r.flow.loss)
+                        _, per_group, present = L.target_loss(o, p2 if name == "no_text" else packed, r.flow.loss)
                         sums[name] += torch.where(present, per_group, 0)
                     counts += present
             row = {"type": "bench", "bench": "loss_by_timestep", "t": frac * T_MAX}
@@ -75,6 +88,15 @@ def loss_by_timestep(
     return rows
 
 
+def _blanked(prepared, preparer):
+    """A prepared session with every step text "" (the unconditional branch of text dropout)."""
+    import dataclasses
+
+    comp = dataclasses.replace(prepared.comp, texts=[""] * len(prepared.comp.texts))
+    lens = [preparer.tokenize("") + 1 for _ in comp.texts]
+    return dataclasses.replace(prepared, comp=comp, step_lens=lens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", help="a training checkpoint folder (runs/NAME/step-N) or a model folder")
@@ -82,9 +104,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zero", action="store_true", help="also the loss of a network that outputs zeros")
+    ap.add_argument("--no-text", action="store_true", help="also the model's loss with every text blanked")
     ap.add_argument("--set", action="append", default=[], help="recipe override, e.g. data.sources=[data/sessions]")
     args = ap.parse_args()
-    for row in loss_by_timestep(args.checkpoint, args.t, args.batches, args.seed, args.set, args.zero):
+    for row in loss_by_timestep(args.checkpoint, args.t, args.batches, args.seed, args.set, args.zero, args.no_text):
         print(json.dumps(row), flush=True)
 
 

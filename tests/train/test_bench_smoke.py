@@ -34,6 +34,9 @@ def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
     spec.loader.exec_module(lbt)
     run = lambda seed: lbt.loss_by_timestep(str(ckpt), (0.5, 1.0), batches=1, seed=seed, zero=True)  # noqa: E731
     a, b = run(0), run(1)
+    blank = lbt.loss_by_timestep(str(ckpt), (1.0,), batches=1, no_text=True)[0]
+    assert blank["model"] == a[1]["model"] and blank["no_text"]["nip"] > 0
+    assert blank["no_text"] != blank["model"]  # the blanked texts reached the model
     assert [r["t"] for r in a] == [500.0, 1000.0]
     assert all(r["model"]["nip"] > 0 and r["zero"]["nip"] > 0 for r in a)
     # a zero output of x0_source at t = T is the source image: its loss is |target - source|^2, whatever the
