@@ -59,10 +59,13 @@ def predict(dit, spec, lat, states, hidden=None, backend="dense", times=None):
 PAPER = [LayoutSpec("paper", a, r) for a in ("full", "block_causal") for r in ("interleaved", "text_then_image")]
 PAPER += [LayoutSpec("paper", a, "interleaved", "source") for a in ("full", "block_causal")]
 PAPER += [LayoutSpec("paper", "block_causal", "interleaved", "source", p) for p in ("x0", "x0_source")]
+PAPER += [LayoutSpec("paper", "block_causal", "interleaved", "source", "x0_source", source_sigma=0.5)]
 IS_IMAGE = [True] + [t == "nip" for t in TASKS]
 
 
-@pytest.mark.parametrize("spec", PAPER, ids=lambda s: f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}")
+@pytest.mark.parametrize(
+    "spec", PAPER, ids=lambda s: f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}-{s.source_sigma}"
+)
 def test_later_images_and_texts_never_reach_earlier_targets(dit, spec):
     lat, states = session()
     hidden = [False, False, True, False, False]  # frame 2 hidden: its clean tokens are left out
@@ -134,7 +137,9 @@ def test_interleaved_positions_of_a_prefix_do_not_depend_on_what_follows():
 @pytest.mark.parametrize(
     "spec",
     [*PAPER, LayoutSpec("released")],
-    ids=lambda s: s.kind if s.kind == "released" else f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}",
+    ids=lambda s: (
+        s.kind if s.kind == "released" else f"{s.attention}-{s.rope}-{s.condition}-{s.prediction}-{s.source_sigma}"
+    ),  # noqa: E501
 )
 def test_inference_denoiser_predicts_what_training_trained(dit, spec):
     """For target j, `make_denoiser` (the path `vincie edit` uses) gives the velocity the training forward gave."""
@@ -289,3 +294,25 @@ def test_x0_source_prediction_starts_from_the_linear_guess():
     vid = torch.cat([x_t, src, torch.zeros(n, 1)], dim=1)
     torch.testing.assert_close(output_velocity("x0_source", vid, torch.zeros(n, 1), t), (x_t - guess) / 0.6)
     assert output_velocity("velocity", vid, x_t, t) is x_t
+
+
+def test_source_sigma_scales_the_correction_and_is_recorded():
+    from vincie_cli.model.layouts import output_velocity, x0_from_source
+
+    g = torch.Generator().manual_seed(1)
+    src, x_t, out = (torch.randn(4, C, generator=g) for _ in range(3))
+    T = torch.full((4,), 1000.0)
+    torch.testing.assert_close(x0_from_source(x_t, src, out, T, sigma=0.5), src + 0.5 * out)
+    # t = T/2 with sigma 0.5: mean = src + (0.25/2)/(0.25/4 + 1/4) (x_t - src/2), std = 0.5*0.5/sqrt(0.3125)
+    half = torch.full((4,), 500.0)
+    mean = src + (0.125 / 0.3125) * (x_t - src / 2)
+    torch.testing.assert_close(x0_from_source(x_t, src, out, half, sigma=0.5), mean + 0.25 / 0.3125**0.5 * out)
+    vid = torch.cat([x_t, src, torch.zeros(4, 1)], dim=1)
+    v = output_velocity("x0_source", vid, out, half, 0.5)
+    torch.testing.assert_close(v, (x_t - x0_from_source(x_t, src, out, half, sigma=0.5)) / 0.5)
+    # recorded only where it differs from the default, so earlier model_config.json files are unchanged
+    spec = LayoutSpec("paper", condition="source", prediction="x0_source", source_sigma=0.3)
+    assert spec.to_dict()["source_sigma"] == 0.3 and LayoutSpec.of(spec.to_dict()) == spec
+    assert "source_sigma" not in LayoutSpec("paper", condition="source", prediction="x0_source").to_dict()
+    with pytest.raises(BadInputError, match="source_sigma must be > 0"):
+        LayoutSpec("paper", condition="source", prediction="x0_source", source_sigma=0.0)

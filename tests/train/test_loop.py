@@ -293,3 +293,25 @@ def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
         recipe(tiny_recipe, shards, "flow.timestep_shift=0")
     with pytest.raises(UsageError, match=r"flow\.timestep_dist: expected one of"):
         recipe(tiny_recipe, shards, "flow.timestep_dist=beta")
+
+
+def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(tiny_recipe, shards, tmp_path):
+    from vincie_cli.model.layouts import LayoutSpec
+    from vincie_cli.model.pipeline import VincieModel
+
+    x0s = ["model.prediction=x0_source", "flow.loss=x0", "train.max_steps=2", "train.checkpoint_every=2"]
+    L.train(recipe(tiny_recipe, shards, *x0s), out_dir=tmp_path / "a")
+    a = tmp_path / "a" / (tmp_path / "a" / "latest").read_text().strip()
+    assert "source_sigma" not in json.loads((a / "model_config.json").read_text())["layout"]  # the default, 0.1
+    before = VincieModel.from_pretrained(a).dit.vid_out.proj.weight.detach().clone()
+    state = L.setup(recipe(tiny_recipe, shards, *x0s, f"model.init={a}", "model.source_sigma=0.4"), tmp_path / "b")
+    torch.testing.assert_close(state.dit.vid_out.proj.weight.detach(), before * 0.25)  # 0.1 * w = 0.4 * (w / 4)
+    packed = L.make_inputs(state, state.batcher.next_batch(), torch.Generator().manual_seed(0), t=1000.0)
+    assert packed.source_sigma == 0.4
+    state.lock.release()
+    L.train(recipe(tiny_recipe, shards, *x0s, f"model.init={a}", "model.source_sigma=0.4"), out_dir=tmp_path / "c")
+    c = tmp_path / "c" / (tmp_path / "c" / "latest").read_text().strip()
+    layout = json.loads((c / "model_config.json").read_text())["layout"]
+    assert layout["source_sigma"] == 0.4 and LayoutSpec.of(layout).source_sigma == 0.4
+    with pytest.raises(UsageError, match=r"model\.source_sigma: expected > 0"):
+        recipe(tiny_recipe, shards, "model.source_sigma=0")

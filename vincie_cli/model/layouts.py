@@ -63,7 +63,7 @@ GROUP_ID = {g: i for i, g in enumerate(GROUPS)}
 CONDITION_KINDS = ("none", "source")
 PREDICTION_KINDS = ("velocity", "x0", "x0_source")
 X0_T_MIN = 0.05  # x0 predictions: v = (x_t - x0_hat) / max(t/T, X0_T_MIN), so low t stays bounded
-SOURCE_SIGMA = 0.1  # prediction "x0_source": prior std of (clean target - source latent), latent units
+SOURCE_SIGMA = 0.1  # prediction "x0_source": default prior std of (clean target - source latent), latent units
 
 # token roles in attention masks
 CLEAN, TEXT, NOISY = 0, 1, 2
@@ -83,6 +83,9 @@ class LayoutSpec:
     # or "x0_source" (a correction to the best linear guess of the clean latent from x_t and the source
     # image; `output_velocity`). Pixel-space models with big tokens learn far faster with the x0 kinds.
     prediction: str = "velocity"
+    # prediction "x0_source": the prior std of (clean target - source latent). The network's output is scaled
+    # by it, so an edit that moves a latent value by d needs an output of about d / source_sigma
+    source_sigma: float = SOURCE_SIGMA
 
     def __post_init__(self) -> None:
         if self.kind not in LAYOUT_KINDS:
@@ -99,6 +102,8 @@ class LayoutSpec:
             raise BadInputError("the released layout has no condition or prediction options (paper layout only)")
         if self.prediction == "x0_source" and self.condition != "source":
             raise BadInputError('layout prediction "x0_source" needs condition "source" (its guess starts from it)')
+        if not self.source_sigma > 0:
+            raise BadInputError(f"layout source_sigma must be > 0, got {self.source_sigma!r}")
 
     @classmethod
     def of(cls, obj: Any) -> LayoutSpec:
@@ -111,9 +116,15 @@ class LayoutSpec:
         if hasattr(obj, "layout") and not hasattr(obj, "kind"):
             return cls.of(obj.layout)
         if isinstance(obj, dict):
-            return cls(**{k: obj[k] for k in ("kind", "attention", "rope", "condition", "prediction") if k in obj})
+            keys = ("kind", "attention", "rope", "condition", "prediction", "source_sigma")
+            return cls(**{k: obj[k] for k in keys if k in obj})
         return cls(
-            obj.kind, obj.attention, obj.rope, getattr(obj, "condition", "none"), getattr(obj, "prediction", "velocity")
+            obj.kind,
+            obj.attention,
+            obj.rope,
+            getattr(obj, "condition", "none"),
+            getattr(obj, "prediction", "velocity"),
+            getattr(obj, "source_sigma", SOURCE_SIGMA),
         )
 
     def to_dict(self) -> dict[str, str]:
@@ -122,30 +133,35 @@ class LayoutSpec:
             d["condition"] = self.condition
         if self.prediction != "velocity":
             d["prediction"] = self.prediction
+        if self.prediction == "x0_source" and self.source_sigma != SOURCE_SIGMA:
+            d["source_sigma"] = self.source_sigma
         return d
 
 
-def x0_from_source(x_t: Tensor, src: Tensor, out: Tensor, t: Tensor, T: float = T_MAX) -> Tensor:
+def x0_from_source(
+    x_t: Tensor, src: Tensor, out: Tensor, t: Tensor, T: float = T_MAX, sigma: float = SOURCE_SIGMA
+) -> Tensor:
     """prediction "x0_source": x0_hat = m + c * out, where m and c are the mean and std of x0 given x_t under
-    the prior x0 ~ N(src, SOURCE_SIGMA^2): the network only predicts a normalised correction, and an output
-    of zero is already the right answer for everything the edit leaves alone.
+    the prior x0 ~ N(src, sigma^2): the network only predicts a normalised correction, and an output of zero
+    is already the right answer for everything the edit leaves alone.
 
-    x_t, src, out: (N, C); t: (N,) in [0, T]. At t = 0 this is x_t, at t = T it is src + SOURCE_SIGMA * out.
+    x_t, src, out: (N, C); t: (N,) in [0, T]. At t = 0 this is x_t, at t = T it is src + sigma * out.
     """
     s = (t.float() / T).to(x_t.dtype)[:, None]
-    a, var_prior = 1 - s, SOURCE_SIGMA**2
+    a, var_prior = 1 - s, sigma**2
     var = a * a * var_prior + s * s
     mean = src + (a * var_prior / var) * (x_t - a * src)
-    return mean + (s * SOURCE_SIGMA / var.sqrt()) * out
+    return mean + (s * sigma / var.sqrt()) * out
 
 
-def output_velocity(prediction: str, vid: Tensor, out: Tensor, t: Tensor) -> Tensor:
-    """The velocity from DiT outputs `out` (N, C) of the rows `vid` (N, 2C+1) = [x_t | source | flag] at t (N,)."""
+def output_velocity(prediction: str, vid: Tensor, out: Tensor, t: Tensor, sigma: float = SOURCE_SIGMA) -> Tensor:
+    """The velocity from DiT outputs `out` (N, C) of the rows `vid` (N, 2C+1) = [x_t | source | flag] at t (N,);
+    `sigma` is the layout's source_sigma (prediction "x0_source")."""
     if prediction == "velocity":
         return out
     c = out.shape[1]
     x_t = vid[:, :c].to(out.dtype)
-    x0 = out if prediction == "x0" else x0_from_source(x_t, vid[:, c : 2 * c].to(out.dtype), out, t)
+    x0 = out if prediction == "x0" else x0_from_source(x_t, vid[:, c : 2 * c].to(out.dtype), out, t, sigma=sigma)
     return velocity_from_x0(x_t, x0, t)
 
 
@@ -484,6 +500,7 @@ class PackedInput:
     txt_lens: list[int]
     attended_pairs: int  # query-key pairs actually attended (for FLOPs)
     prediction: str = "velocity"  # what the DiT outputs (LayoutSpec.prediction); run_dit returns velocities
+    source_sigma: float = SOURCE_SIGMA  # LayoutSpec.source_sigma (prediction "x0_source")
 
     def text(self, table: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Assemble the samples' texts with the turn-embedding table (keeps the table's gradient)."""
@@ -598,6 +615,7 @@ def pack_samples(
         txt_lens=txt_lens,
         attended_pairs=attended,
         prediction=spec.prediction,
+        source_sigma=spec.source_sigma,
     )
 
 
@@ -617,7 +635,7 @@ def run_dit(dit, packed: PackedInput) -> Tensor:
         attn_mask=packed.attn_mask,
     )
     if packed.prediction != "velocity":
-        out = output_velocity(packed.prediction, packed.vid, out, packed.row_timesteps())
+        out = output_velocity(packed.prediction, packed.vid, out, packed.row_timesteps(), packed.source_sigma)
     return out
 
 
@@ -757,7 +775,9 @@ class SessionDenoiser:
         )  # fmt: skip
         out = out[rows]
         if self.spec.prediction != "velocity":
-            out = output_velocity(self.spec.prediction, vid[rows], out, tval.expand(out.shape[0]))
+            out = output_velocity(
+                self.spec.prediction, vid[rows], out, tval.expand(out.shape[0]), self.spec.source_sigma
+            )
         return [o.to(x_t.dtype) for o in out.split(self.state_shape[0])]
 
 

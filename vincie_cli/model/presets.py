@@ -81,7 +81,10 @@ class ModelConfig:
                 "prediction": PREDICTION_KINDS,
             }
             for key, value in self.layout.items():
-                if key not in allowed or value not in allowed[key]:
+                if key == "source_sigma":
+                    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                        problems.append(f"layout.source_sigma={value!r} (a number > 0)")
+                elif key not in allowed or value not in allowed[key]:
                     problems.append(f"layout.{key}={value!r} (allowed: {', '.join(allowed.get(key, ()))})")
         if self.dit.vid_out_channels != c:
             problems.append(f"DiT vid_out_channels {self.dit.vid_out_channels} != autoencoder latent channels {c}")

@@ -79,7 +79,7 @@ def layout_spec(recipe: Recipe) -> LayoutSpec:
     m = recipe.model
     if m.layout == "released":
         return LayoutSpec("released")
-    return LayoutSpec("paper", m.attention, m.rope, m.condition, m.prediction)
+    return LayoutSpec("paper", m.attention, m.rope, m.condition, m.prediction, m.source_sigma)
 
 
 def model_config_dict(model, spec: LayoutSpec, recipe: Recipe | None = None) -> dict[str, Any]:
@@ -369,6 +369,8 @@ def _setup(recipe, out, resume, emit, sessions, val_sessions, lock) -> TrainStat
         # from scratch, start as the linear guess (output 0): the copy of what the edit leaves alone is free
         torch.nn.init.zeros_(dit.vid_out.proj.weight)
         torch.nn.init.zeros_(dit.vid_out.proj.bias)
+    elif spec.prediction == "x0_source":
+        _rescale_source_output(dit, model.config.layout, spec)
     if recipe.train.compile:
         dit.compile()
     # the model is prepared first (FSDP replaces parameters), then the optimizer is built over the result
@@ -440,6 +442,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _scalar(v: Any) -> bool:
     return isinstance(v, bool | int | float | str)
+
+
+def _rescale_source_output(dit: nn.Module, init_layout: dict | None, spec: LayoutSpec) -> None:
+    """Starting an x0_source model from one trained with another source_sigma: scale the output projection by
+    old / new sigma, so the initial prediction at t = T (source + sigma * out) is the one it was trained to make."""
+    if not init_layout:
+        return
+    was = LayoutSpec.of(init_layout)
+    if was.prediction != "x0_source" or was.source_sigma == spec.source_sigma:
+        return
+    scale = was.source_sigma / spec.source_sigma
+    with torch.no_grad():
+        dit.vid_out.proj.weight.mul_(scale)
+        dit.vid_out.proj.bias.mul_(scale)
+    log.info("model.init: source_sigma %g -> %g, output projection x %g", was.source_sigma, spec.source_sigma, scale)
 
 
 def _load_val_sessions(state: TrainState) -> list[Any]:

@@ -63,6 +63,8 @@ class ModelSection:
     condition: Literal["none", "source"] = "none"  # paper layout: targets also carry their source image's latent
     # paper layout: the network predicts v, the clean latent, or a correction to its linear guess from the source
     prediction: Literal["velocity", "x0", "x0_source"] = "velocity"
+    # prediction x0_source: prior std of (target - source) latents; the output is scaled by it (docs/training.md)
+    source_sigma: float = 0.1
     attention_precision: Literal["bf16", "fp32"] = "fp32"  # "bf16": the release's q/k/v rounding
     frozen_dtype: Literal["fp32", "bf16"] = "fp32"  # the frozen autoencoder (and byte/T5 text encoder)
     gradient_checkpointing: bool = False
@@ -70,6 +72,7 @@ class ModelSection:
 
     def __post_init__(self) -> None:
         _check(self.preset is not None or self.init is not None, "model.preset", "give a preset or model.init")
+        _check(self.source_sigma > 0, "model.source_sigma", f"expected > 0, got {self.source_sigma}")
 
 
 @dataclass
