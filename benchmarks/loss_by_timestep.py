@@ -62,9 +62,10 @@ def loss_by_timestep(
         for frac in t_fracs:
             sums = {k: torch.zeros(len(GROUPS)) for k in ("model", "zero", "no_text")}
             counts = torch.zeros(len(GROUPS))
+            t = frac * T_MAX
             with torch.no_grad():
                 for i, batch in enumerate(data):
-                    packed = L.make_inputs(state, batch, torch.Generator().manual_seed(seed + i), t=frac * T_MAX)
+                    packed = L.make_inputs(state, batch, torch.Generator().manual_seed(seed + i), timestep=t)
                     outs = {"model": state.trainer(packed).float()}
                     if zero:  # the velocity that a raw network output of zeros gives
                         z = torch.zeros_like(outs["model"])
@@ -72,13 +73,13 @@ def loss_by_timestep(
                             z = output_velocity(packed.prediction, packed.vid, z, packed.row_timesteps()).float()
                         outs["zero"] = z
                     if no_text:  # the same noise: no random draw depends on the texts
-                        p2 = L.make_inputs(state, blank[i], torch.Generator().manual_seed(seed + i), t=frac * T_MAX)
+                        p2 = L.make_inputs(state, blank[i], torch.Generator().manual_seed(seed + i), timestep=t)
                         outs["no_text"] = state.trainer(p2).float()
                     for name, o in outs.items():
                         _, per_group, present = L.target_loss(o, p2 if name == "no_text" else packed, r.flow.loss)
                         sums[name] += torch.where(present, per_group, 0)
                     counts += present
-            row = {"type": "bench", "bench": "loss_by_timestep", "t": frac * T_MAX}
+            row = {"type": "bench", "bench": "loss_by_timestep", "t": t}
             for name in outs:
                 row[name] = {g: float(sums[name][k] / counts[k]) for k, g in enumerate(GROUPS) if counts[k] > 0}
             rows.append(row)

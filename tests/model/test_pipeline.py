@@ -41,6 +41,12 @@ def test_presets():
     with pytest.raises(BadInputError, match="vid_in_channels 33 != 2 x 48 \\+ 1"):
         ModelConfig("bad", tiny.dit, VAEConfig.pixel(4), tiny.text)
     assert ModelConfig.from_dict(json.loads(json.dumps(tiny.to_dict()))) == tiny
+    x0s = {"kind": "paper", "condition": "source", "prediction": "x0_source"}
+    ModelConfig("ok", tiny.dit, tiny.vae, tiny.text, layout={**x0s, "source_sigma": 0.3})
+    with pytest.raises(BadInputError, match=r"layout\.source_sigma=-1 \(a number > 0\)"):
+        ModelConfig("bad", tiny.dit, tiny.vae, tiny.text, layout={**x0s, "source_sigma": -1})
+    with pytest.raises(BadInputError, match=r"layout\.prediction='eps'"):
+        ModelConfig("bad", tiny.dit, tiny.vae, tiny.text, layout={**x0s, "prediction": "eps"})
 
 
 def test_mini_runs_end_to_end():

@@ -306,7 +306,7 @@ def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(
     before = VincieModel.from_pretrained(a).dit.vid_out.proj.weight.detach().clone()
     state = L.setup(recipe(tiny_recipe, shards, *x0s, f"model.init={a}", "model.source_sigma=0.4"), tmp_path / "b")
     torch.testing.assert_close(state.dit.vid_out.proj.weight.detach(), before * 0.25)  # 0.1 * w = 0.4 * (w / 4)
-    packed = L.make_inputs(state, state.batcher.next_batch(), torch.Generator().manual_seed(0), t=1000.0)
+    packed = L.make_inputs(state, state.batcher.next_batch(), torch.Generator().manual_seed(0), timestep=1000.0)
     assert packed.source_sigma == 0.4
     state.lock.release()
     L.train(recipe(tiny_recipe, shards, *x0s, f"model.init={a}", "model.source_sigma=0.4"), out_dir=tmp_path / "c")

@@ -127,8 +127,8 @@ class LayoutSpec:
             getattr(obj, "source_sigma", SOURCE_SIGMA),
         )
 
-    def to_dict(self) -> dict[str, str]:
-        d = {"kind": self.kind, "attention": self.attention, "rope": self.rope}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "attention": self.attention, "rope": self.rope}
         if self.condition != "none":
             d["condition"] = self.condition
         if self.prediction != "velocity":

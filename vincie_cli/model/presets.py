@@ -61,7 +61,7 @@ class ModelConfig:
     text: TextEncoderConfig
     # the conditioning layout the weights were trained in (`vincie train` writes it; model/layouts.py):
     # {"kind": "released"} or {"kind": "paper", "attention": "full" | "block_causal", "rope": ...}; None = released
-    layout: dict[str, str] | None = field(default=None)
+    layout: dict[str, Any] | None = field(default=None)
     # recommended `vincie edit` settings for these weights (e.g. what they were validated with), used where the
     # user sets nothing: a subset of SAMPLING_KEYS; None = the release's defaults
     sampling: dict[str, Any] | None = field(default=None)

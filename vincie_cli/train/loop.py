@@ -522,9 +522,9 @@ def encode_batch(state: TrainState, batch: list[Prepared], gen: torch.Generator)
     return out  # type: ignore[return-value]
 
 
-def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, t: float | None = None):
+def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, timestep: float | None = None):
     """Encode a micro-batch and lay it out: the packed DiT input with its loss rows. Every target is noised
-    to timestep `t` when given (diagnostics), else to the recipe's training timesteps."""
+    to `timestep` when given (diagnostics), else to the recipe's training timesteps."""
     from vincie_cli.flow.schedule import training_timesteps
 
     r = state.recipe
@@ -539,8 +539,8 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
     times = training_timesteps(
         n_targets, gen, f.timestep_dist, f.timestep_loc, f.timestep_scale, f.timestep_shift
     ).tolist()
-    if t is not None:
-        times = [float(t)] * n_targets
+    if timestep is not None:  # drawn anyway above, so the noise that follows is the same for every timestep
+        times = [float(timestep)] * n_targets
     samples, owners, k = [], [], 0
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
     for i, (p, lat) in enumerate(zip(batch, latents)):
