@@ -6,12 +6,15 @@
 
 Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model.init` set to it, draws
 `--batches` training batches once, and for each t/T in `--t` runs the real loss (`train.loop.make_inputs`
-with that t, `train.loop.target_loss`, the recipe's `flow.loss`) with the same noise. Prints one JSON line
-per t with the loss per task (nip: images, csp / nsp: masks). `--zero` adds the loss of a network whose
-output is all zeros: for `prediction: x0_source` that is the linear guess, which at t = T is the source
-image unchanged; a model that scores worse than that at high t has not learned the edits
-(docs/training.md, "Loss and timesteps"). `--no-text` adds the model's loss with every instruction
-blanked (as text dropout does): the gap at high t is what reading the instructions is worth to it.
+with that t, `train.loop.target_loss`, the recipe's `flow.loss`, without `flow.changed_share`'s weights so
+that runs compare) with the same noise. Prints one JSON line per t with the loss per task (nip: images,
+csp / nsp: masks), and the images' loss split into the positions their edit changed (`nip_changed`: mean
+squared difference from the source image above `flow.changed_threshold`) and the rest (`nip_kept`).
+`--zero` adds the loss of a network whose output is all zeros: for `prediction: x0_source` that is the
+linear guess, which at t = T is the source image unchanged; a model that scores worse than that at high t
+has not learned the edits (docs/training.md, "Loss and timesteps"). `--no-text` adds the model's loss
+with every instruction blanked (as text dropout does): the gap at high t is what reading the instructions
+is worth to it.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ def loss_by_timestep(
     """One row per t/T in `t_fracs`: {"t", "model": {group: loss}, and "zero" / "no_text" when asked}."""
     import torch
 
+    from vincie_cli.flow.loss import token_mse
     from vincie_cli.flow.schedule import T_MAX
-    from vincie_cli.model.layouts import GROUPS, output_velocity
+    from vincie_cli.model.layouts import GROUP_ID, GROUPS, X0_T_MIN, output_velocity
     from vincie_cli.train import loop as L
     from vincie_cli.train.recipe import load_recipe
 
@@ -60,8 +64,9 @@ def loss_by_timestep(
         blank = [[_blanked(p, state.preparer) for p in batch] for batch in data] if no_text else None
         state.trainer.eval()
         for frac in t_fracs:
-            sums = {k: torch.zeros(len(GROUPS)) for k in ("model", "zero", "no_text")}
-            counts = torch.zeros(len(GROUPS))
+            sums = {k: torch.zeros(len(GROUPS) + 2) for k in ("model", "zero", "no_text")}
+            counts = torch.zeros(len(GROUPS) + 2)
+            names = [*GROUPS, "nip_changed", "nip_kept"]
             t = frac * T_MAX
             with torch.no_grad():
                 for i, batch in enumerate(data):
@@ -75,13 +80,20 @@ def loss_by_timestep(
                     if no_text:  # the same noise: no random draw depends on the texts
                         p2 = L.make_inputs(state, blank[i], torch.Generator().manual_seed(seed + i), timestep=t)
                         outs["no_text"] = state.trainer(p2).float()
+                    nip = packed.groups == GROUP_ID["nip"]
+                    changed = packed.row_changed if packed.row_changed is not None else torch.zeros_like(nip)
+                    split = (nip & changed, nip & ~changed)
+                    scale = max(frac, X0_T_MIN) ** 2 if r.flow.loss == "x0" else 1.0
                     for name, o in outs.items():
-                        _, per_group, present = L.target_loss(o, p2 if name == "no_text" else packed, r.flow.loss)
-                        sums[name] += torch.where(present, per_group, 0)
-                    counts += present
+                        p = p2 if name == "no_text" else packed
+                        _, per_group, present = L.target_loss(o, p, r.flow.loss, row_weights=False)
+                        per = token_mse(o[p.loss_rows], p.target) * scale
+                        parts = torch.stack([per[m].sum() / max(int(m.sum()), 1) for m in split])
+                        sums[name] += torch.cat([torch.where(present, per_group, 0), parts])
+                    counts += torch.cat([present.float(), torch.tensor([float(m.any()) for m in split])])
             row = {"type": "bench", "bench": "loss_by_timestep", "t": t}
             for name in outs:
-                row[name] = {g: float(sums[name][k] / counts[k]) for k, g in enumerate(GROUPS) if counts[k] > 0}
+                row[name] = {g: float(sums[name][k] / counts[k]) for k, g in enumerate(names) if counts[k] > 0}
             rows.append(row)
         state.lock.release()
     finally:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from vincie_cli.flow.loss import masked_mse, noisy_input, per_group_loss, task_weighted_loss, token_mse, velocity_target
+from vincie_cli.flow.loss import (
+    changed_positions,
+    changed_row_weights,
+    masked_mse,
+    noisy_input,
+    per_group_loss,
+    task_weighted_loss,
+    token_mse,
+    velocity_target,
+)
 
 
 def test_noisy_input_per_token_timesteps():
@@ -37,3 +46,21 @@ def test_task_weighted_loss_ignores_absent_tasks_and_backprops():
     assert abs(loss.item() - (1 * 2.5 + 3 * 16.0) / 4) < 1e-6
     loss.backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_changed_positions_and_their_weights():
+    source = torch.zeros(2, 2, 4)
+    x0 = source.clone()
+    x0[0, 1] = 1.0  # a changed position (mean squared difference 1)
+    x0[1, 0, 0] = 0.1  # below the threshold: 0.01 / 4 channels
+    changed = changed_positions(x0, source, threshold=0.01)
+    assert changed.tolist() == [False, True, False, False]
+    w = changed_row_weights(changed, share=0.5)
+    assert w is not None
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0, 2 / 3, 2 / 3]))  # half the loss on 1 of 4 positions
+    assert abs(float(w.mean()) - 1.0) < 1e-6
+    w = changed_row_weights(changed, share=0.8)
+    assert w is not None and abs(float(w[1]) - 3.2) < 1e-6 and abs(float(w.mean()) - 1.0) < 1e-6
+    # nothing or everything changed: no reweighting
+    assert changed_row_weights(torch.zeros(4, dtype=torch.bool), 0.5) is None
+    assert changed_row_weights(torch.ones(4, dtype=torch.bool), 0.5) is None

@@ -233,6 +233,48 @@ def test_source_condition_puts_the_edited_image_in_the_target_channels(attention
     assert torch.all(plain[-1].vid[-H * W :, C:] == 0)
 
 
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_changed_positions_are_marked_against_the_source_and_weighted(attention):
+    """changed_threshold marks, per image target, the positions that differ from the image it is edited
+    from (masks get no marks); pack_samples turns the marks into per-row weights with mean 1 per target."""
+    lat, states = session(3)
+    lat[3] = lat[0].clone()
+    lat[3][1, 2] += 1.0  # image 3 is image 0 with one position changed (its source: frame 0, 1 is hidden)
+    lens = [s.shape[0] + 1 for s in states]
+    hidden = [False, True, False, False, False]
+    times = {j: 500.0 for j in (1, 2, 3, 4)}
+    spec = LayoutSpec("paper", attention, "interleaved", "source")
+
+    def build(threshold, share):
+        samples = training_samples(
+            spec, lat, hidden, [1, 2, 3, 4], TASKS, lens, times, torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
+            changed_threshold=threshold,
+        )  # fmt: skip
+        return samples, pack_samples(samples, [states], [0] * len(samples), spec, "cpu", changed_share=share)
+
+    samples, p = build(0.01, 0.5)
+    marks = [e[5] for s in samples for e in s.loss]  # targets 1..4 in order
+    expect3 = torch.zeros(H * W, dtype=torch.bool)
+    expect3[1 * W + 2] = True
+    assert marks[1] is None and marks[3] is None  # the mask targets
+    assert marks[0] is not None and marks[0].all()  # frame 1: random, every position differs from frame 0
+    assert marks[2] is not None and torch.equal(marks[2], expect3)
+    assert p.row_changed is not None and p.row_weights is not None
+    assert torch.equal(p.row_changed, torch.cat([marks[0], torch.zeros(H * W, dtype=torch.bool), expect3,
+                                                 torch.zeros(H * W, dtype=torch.bool)]))  # fmt: skip
+    # frame 1 changed everywhere and the masks: weight 1; frame 3: half its loss on its one changed position
+    w = p.row_weights.reshape(4, H * W)
+    assert torch.all(w[[0, 1, 3]] == 1)
+    assert float(w[2, 1 * W + 2]) == pytest.approx(0.5 * H * W)
+    assert float(w[2, 0]) == pytest.approx(0.5 * H * W / (H * W - 1))
+    assert float(w[2].mean()) == pytest.approx(1.0)
+    # with share 0 the marks stay (diagnostics) but nothing is weighted; without a threshold nothing is marked
+    _, p0 = build(0.01, 0.0)
+    assert p0.row_weights is None and torch.equal(p0.row_changed, p.row_changed)
+    _, pn = build(None, 0.5)
+    assert pn.row_changed is None and pn.row_weights is None
+
+
 def test_x0_prediction_turns_the_network_output_into_a_velocity(dit):
     """prediction="x0": run_dit returns (x_t - out) / max(t/T, X0_T_MIN) for every row, so a network that
     outputs the true clean latent has zero velocity loss, and the spec round-trips through model_config."""

@@ -44,3 +44,8 @@ def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
     assert abs(a[1]["zero"]["nip"] - b[1]["zero"]["nip"]) < 1e-6 * a[1]["zero"]["nip"]
     assert abs(a[0]["zero"]["nip"] - b[0]["zero"]["nip"]) > 1e-4 * a[0]["zero"]["nip"]
     assert a == run(0)  # the same seed, the same numbers
+    # the images' loss split by what their edit changed: copying the source at t = T costs nothing (below
+    # the threshold) where nothing changed and everything where something did
+    z = a[1]["zero"]
+    assert z["nip_kept"] <= 0.01 < z["nip_changed"]
+    assert min(z["nip_kept"], z["nip_changed"]) <= z["nip"] <= max(z["nip_kept"], z["nip_changed"])

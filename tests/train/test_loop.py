@@ -295,6 +295,35 @@ def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
         recipe(tiny_recipe, shards, "flow.timestep_dist=beta")
 
 
+def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe, shards, tmp_path):
+    """flow.changed_share: the image targets' per-position losses are weighted by the packed row weights (mean
+    1 per target); `target_loss(..., row_weights=False)` gives the plain loss of the same batch."""
+    from vincie_cli.flow.loss import token_mse
+
+    sets = ["model.condition=source", "flow.changed_share=0.75", "train.max_steps=2"]
+    state = L.setup(recipe(tiny_recipe, shards, *sets), tmp_path)
+    batch = state.batcher.next_batch()
+    packed = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    state.lock.release()
+    assert packed.row_weights is not None and packed.row_changed is not None
+    assert packed.row_changed.any() and float(packed.row_weights.max()) > 1.0
+    out = torch.randn(packed.vid.shape[0], packed.target.shape[1], generator=torch.Generator().manual_seed(0))
+    per = token_mse(out[packed.loss_rows], packed.target)
+    weighted, groups, _ = L.target_loss(out, packed)
+    plain, plain_groups, _ = L.target_loss(out, packed, row_weights=False)
+    nip = packed.groups == 0
+    assert float(groups[0]) == pytest.approx(float((per * packed.row_weights)[nip].mean()), rel=1e-5)
+    assert float(plain_groups[0]) == pytest.approx(float(per[nip].mean()), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-4)
+    # off by default (the positions are still marked, for diagnostics); the share is checked
+    off = L.setup(recipe(tiny_recipe, shards, "train.max_steps=2"), tmp_path / "off")
+    p_off = L.make_inputs(off, batch, torch.Generator().manual_seed(3))
+    off.lock.release()
+    assert p_off.row_weights is None and p_off.row_changed is not None
+    with pytest.raises(UsageError, match=r"flow\.changed_share: expected in \[0, 1\)"):
+        recipe(tiny_recipe, shards, "flow.changed_share=1.0")
+
+
 def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(tiny_recipe, shards, tmp_path):
     from vincie_cli.model.layouts import LayoutSpec
     from vincie_cli.model.pipeline import VincieModel

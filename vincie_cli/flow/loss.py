@@ -63,3 +63,24 @@ def task_weighted_loss(
     present = torch.zeros(num, dtype=per_token.dtype, device=per_token.device).index_add(0, groups, w) > 0
     wts = weights.to(losses.dtype) * present
     return (losses * wts).sum() / wts.sum().clamp_min(1e-12), losses
+
+
+def changed_positions(x0: Tensor, source: Tensor, threshold: float) -> Tensor:
+    """(h*w,) bool: the positions where target x0 (h, w, C) differs from its source image's latent (h, w, C)
+    by a mean squared difference over channels above `threshold` (latent units)."""
+    return (x0.float() - source.float()).pow(2).mean(dim=-1).reshape(-1) > threshold
+
+
+def changed_row_weights(changed: Tensor, share: float) -> Tensor | None:
+    """Per-position loss weights that give the positions an edit changed `share` of a target's loss.
+
+    changed: (h*w,) bool (`changed_positions`). Returns (h*w,) fp32 weights with mean 1 (changed positions:
+    share * n / n_changed, the others: (1 - share) * n / n_unchanged), or None when nothing or everything
+    changed (every position then weighs the same).
+    """
+    n, nc = changed.numel(), int(changed.sum())
+    if nc == 0 or nc == n:
+        return None
+    w = torch.full((n,), (1.0 - share) * n / (n - nc))
+    w[changed] = share * n / nc
+    return w

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vincie_cli.flow.loss import changed_positions, changed_row_weights
 from vincie_cli.flow.schedule import T_MAX, add_noise
 from vincie_cli.model.dit import assemble_session_text
 from vincie_cli.utils.io import BadInputError
@@ -193,8 +194,9 @@ class DitSample:
     vid_tokens: int = 0  # patched video tokens
     text_tokens: int = 0
     patch: tuple[int, int] = (2, 2)
-    # loss: (stack slot, group id, weight, x0 of that frame (h*w, C), eps (h*w, C))
-    loss: list[tuple[int, int, float, Tensor, Tensor]] = field(default_factory=list)
+    # loss: (stack slot, group id, weight, x0 of that frame (h*w, C), eps (h*w, C), positions the edit
+    # changed (h*w,) bool or None: not an image target, or not asked)
+    loss: list[tuple[int, int, float, Tensor, Tensor, Tensor | None]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -399,12 +401,16 @@ def training_samples(
     patch: tuple[int, int],
     task_weights: dict[str, float],
     context_weight: float = 0.0,
+    changed_threshold: float | None = None,
 ) -> list[DitSample]:
     """The DiT samples that train one composed session under `spec`.
 
     latents: clean (h, w, C) of every frame of the stack; hidden: per frame; targets: frames with loss;
     tasks: per step ("nip"/"csp"/"nsp"; frame j's task is tasks[j-1]); step_lens: text tokens per step
     (turn embedding included); times: timestep per target in [0, 1000]. Noise comes from `generator`.
+    changed_threshold: mark the positions each image target changed (`flow.loss.changed_positions`, against
+    the latest visible image before it, whatever `spec.condition`; all of them when there is none); None: no
+    marks.
     """
     F_ = len(latents)
     h, w, c = latents[0].shape
@@ -421,6 +427,14 @@ def training_samples(
     def noise() -> Tensor:
         return torch.randn(h, w, c, generator=generator)
 
+    def changed_rows(j: int) -> Tensor | None:  # the positions target j changed (all: no image to edit)
+        if changed_threshold is None or not is_image[j]:
+            return None
+        f = source_frame(j, is_image, hidden)
+        if f is None:
+            return torch.ones(h * w, dtype=torch.bool)
+        return changed_positions(latents[j], latents[f], changed_threshold)
+
     if spec.kind == "released":
         for j in targets:
             t = times[j]
@@ -429,10 +443,12 @@ def training_samples(
             x_t = add_noise(x0, eps, torch.tensor(t))
             s = _released_sample(known[: j + 1], x_t, list(range(j)), step_lens, t, patch)
             g = GROUP_ID[tasks[j - 1]]
-            s.loss.append((j, g, task_weights.get(tasks[j - 1], 1.0), x0[j].reshape(-1, c), eps[j].reshape(-1, c)))
+            wj = task_weights.get(tasks[j - 1], 1.0)
+            s.loss.append((j, g, wj, x0[j].reshape(-1, c), eps[j].reshape(-1, c), changed_rows(j)))
             if context_weight > 0:
                 for f in range(j):
-                    s.loss.append((f, GROUP_ID["context"], context_weight, x0[f].reshape(-1, c), eps[f].reshape(-1, c)))
+                    x0f, epsf = x0[f].reshape(-1, c), eps[f].reshape(-1, c)
+                    s.loss.append((f, GROUP_ID["context"], context_weight, x0f, epsf, None))
             out.append(s)
         return out
 
@@ -456,6 +472,7 @@ def training_samples(
                     task_weights.get(tasks[j - 1], 1.0),
                     x0.reshape(-1, c),
                     eps.reshape(-1, c),
+                    changed_rows(j),
                 )
             )
         return [s]
@@ -474,6 +491,7 @@ def training_samples(
                 task_weights.get(tasks[j - 1], 1.0),
                 x0.reshape(-1, c),
                 eps.reshape(-1, c),
+                changed_rows(j),
             )
         )
         out.append(s)
@@ -496,6 +514,8 @@ class PackedInput:
     target: Tensor  # (R, C) velocity targets eps - x0
     groups: Tensor  # (R,) long group ids (GROUPS)
     weights: Tensor  # (num groups,) weight per group present in this batch
+    row_changed: Tensor | None  # (R,) bool: image rows their edit changed (None: not marked)
+    row_weights: Tensor | None  # (R,) per-row loss weights (flow.changed_share), None = all 1
     vid_lens: list[int]  # patched video tokens per sample (for FLOPs)
     txt_lens: list[int]
     attended_pairs: int  # query-key pairs actually attended (for FLOPs)
@@ -530,13 +550,15 @@ def pack_samples(
     mask_backend: str = "dense",
     group_weights: dict[int, float] | None = None,
     with_loss: bool = True,
+    changed_share: float = 0.0,
 ) -> PackedInput:
     """Concatenate samples into one packed DiT call.
 
     step_states[o]: the text states of session o's steps; owners[i]: the session of sample i.
     mask_backend: "dense" (per-sample bool masks, any device), "flex" (one FlexAttention BlockMask over the
     pack: block-causal samples by the rule, the others full), or "none" (no masks; only valid without
-    block-causal samples).
+    block-causal samples). changed_share: weight the rows of targets with changed positions
+    (`flow.loss.changed_row_weights`); 0: every row weighs the same.
     """
     dev = torch.device(device)
     vid = torch.cat([s.vid for s in samples]).to(dev)
@@ -577,18 +599,26 @@ def pack_samples(
         if mask_backend == "flex" and len(samples) > 1 and dev.type == "cuda":
             attn_mask = flex_mask([None] * len(samples), [a + b for a, b in zip(vid_lens, txt_lens)], dev)
 
-    rows, targets, groups = [], [], []
+    rows, targets, groups, marks = [], [], [], []
     present: dict[int, float] = {}
     offset = 0
     for s in samples:
         T, h, w = s.shape
         per = h * w
-        for slot, g, wgt, x0, eps in s.loss:
+        for slot, g, wgt, x0, eps, changed in s.loss:
             rows.append(torch.arange(offset + slot * per, offset + (slot + 1) * per))
             targets.append((eps - x0).float())
             groups.append(torch.full((per,), g, dtype=torch.long))
+            marks.append(changed)
             present[g] = wgt
         offset += T * per
+    row_changed = row_weights = None
+    if with_loss and any(m is not None for m in marks):
+        none = torch.zeros(0, dtype=torch.bool)
+        row_changed = torch.cat([none.new_zeros(len(r)) if m is None else m for r, m in zip(rows, marks)]).to(dev)
+        if changed_share > 0:
+            ws = [None if m is None else changed_row_weights(m, changed_share) for m in marks]
+            row_weights = torch.cat([torch.ones(len(r)) if w is None else w for r, w in zip(rows, ws)]).to(dev)
     weights = torch.zeros(len(GROUPS))
     for g, wgt in present.items():
         weights[g] = wgt if group_weights is None else group_weights.get(g, wgt)
@@ -611,6 +641,8 @@ def pack_samples(
         target=torch.cat(targets).to(dev),
         groups=torch.cat(groups).to(dev),
         weights=weights.to(dev),
+        row_changed=row_changed,
+        row_weights=row_weights,
         vid_lens=vid_lens,
         txt_lens=txt_lens,
         attended_pairs=attended,

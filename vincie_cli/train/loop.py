@@ -548,12 +548,12 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
         k += len(p.comp.targets)
         for s in training_samples(
             state.spec, lat, p.comp.hidden, p.comp.targets, p.comp.tasks, p.step_lens, tmap, gen,
-            state.preparer.patch, weights, r.tasks.context_loss_weight,
+            state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold,
         ):  # fmt: skip
             samples.append(s)
             owners.append(i)
     backend = "flex" if dev.type == "cuda" else "dense"
-    return pack_samples(samples, step_states, owners, state.spec, dev, backend)
+    return pack_samples(samples, step_states, owners, state.spec, dev, backend, changed_share=f.changed_share)
 
 
 def batch_flops(config, packed) -> float:
@@ -568,10 +568,13 @@ def batch_flops(config, packed) -> float:
     return float(dense - 2 * config.num_layers * (full_attn - masked))
 
 
-def target_loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tensor, Tensor, Tensor]:
+def target_loss(
+    out: Tensor, packed, weighting: str = "velocity", row_weights: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """The training loss of DiT outputs `out` on `packed`: (scalar, per-group mean losses, groups present).
 
-    `weighting` is the recipe's `flow.loss` ("velocity" or "x0", the clean-latent MSE)."""
+    `weighting` is the recipe's `flow.loss` ("velocity" or "x0", the clean-latent MSE); `row_weights`: apply
+    the packed per-position weights (`flow.changed_share`; False: every position weighs the same)."""
     from vincie_cli.flow.loss import task_weighted_loss, token_mse
     from vincie_cli.flow.schedule import T_MAX
     from vincie_cli.model.layouts import X0_T_MIN
@@ -579,6 +582,8 @@ def target_loss(out: Tensor, packed, weighting: str = "velocity") -> tuple[Tenso
     per_token = token_mse(out[packed.loss_rows], packed.target)
     if weighting == "x0":  # the clean-latent MSE: |x0_hat - x0|^2 = (t/T)^2 |v_hat - v|^2
         per_token = per_token * (packed.row_timesteps()[packed.loss_rows] / T_MAX).clamp(min=X0_T_MIN).pow(2)
+    if packed.row_weights is not None and row_weights:
+        per_token = per_token * packed.row_weights
     loss, per_group = task_weighted_loss(per_token, packed.groups, packed.weights)
     present = torch.zeros(len(GROUPS), device=per_token.device).index_add(0, packed.groups, torch.ones_like(per_token))
     return loss, per_group.detach(), present > 0

@@ -144,10 +144,18 @@ class FlowSection:
     # of the clean latent it implies (every sampling step weighs the same; pairs with model.prediction x0)
     loss: Literal["velocity", "x0"] = "velocity"
     vae_sample: bool = False  # encode with a posterior sample instead of the mean
+    # share of an image target's loss given to the latent positions its edit changed (mean squared difference
+    # from its source image over channels > changed_threshold, in latent units); 0 = off, every position
+    # weighs the same. A small object's edit is a few % of the positions: without it copying the source
+    # scores almost as well as making the edit (docs/training.md)
+    changed_share: float = 0.0
+    changed_threshold: float = 0.01
 
     def __post_init__(self) -> None:
         _check(self.timestep_scale > 0, "flow.timestep_scale", "expected > 0")
         _check(self.timestep_shift > 0, "flow.timestep_shift", "expected > 0")
+        _check(0 <= self.changed_share < 1, "flow.changed_share", f"expected in [0, 1), got {self.changed_share}")
+        _check(self.changed_threshold >= 0, "flow.changed_threshold", "expected >= 0")
 
 
 @dataclass
