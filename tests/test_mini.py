@@ -1,5 +1,5 @@
-"""The packaged `mini` model (vincie_cli/assets/mini): self-describing, loads offline, and edits held-out
-synthetic-world sessions measurably well (docs/mini.md has the full-benchmark numbers)."""
+"""The packaged `mini` model (vincie_cli/assets/mini): self-describing, loads offline, and performs edits on
+held-out synthetic-world sessions (docs/mini.md has the full-benchmark numbers)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from PIL import Image
 from vincie_cli.cli import main
 from vincie_cli.edit.models import PACKAGED_MODEL, default_model_path
 
-# Floors under what the packaged model measured on these two held-out sessions (docs/mini.md: PSNR 22.7,
-# 17.5, 16.3 dB, SSIM 0.81 at turn 1); a broken loader or output conversion gives noise (~9 dB, SSIM ~0.03),
-# and the previous packaged model (run 4: 21.1, 17.0, 15.9 dB, SSIM 0.75) fails all three.
-# Its success rate measured 0 (it does not perform the edits yet), so there is no success floor.
-MIN_TURN1_PSNR = 21.5
+# Floors under what the packaged model (run 8, docs/mini.md) measured here. On the first 20 held-out
+# sessions' first turns it succeeds on 2 of 20 (background changes); every earlier model, and doing
+# nothing, on none. On two held-out sessions, 3 turns: PSNR 21.8, 18.0, 16.3 dB, SSIM 0.71 at turn 1; a
+# broken loader or output conversion gives noise (~9 dB, SSIM ~0.03) and run 4 (21.1, 17.0, 15.9 dB)
+# fails the PSNR floors.
+MIN_TURN1_SUCCESS = 0.05  # at least 1 of the 20 first turns
+MIN_TURN1_PSNR = 21.3
 MIN_MEAN_PSNR = 18.3
-MIN_TURN1_SSIM = 0.78
+MIN_TURN1_SSIM = 0.66
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,21 @@ def test_mini_edits_held_out_sessions(runner, bench, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in m["success_rate"] + m["turn_success_rate"])
     assert m["psnr"][0] >= MIN_TURN1_PSNR and m["ssim"][0] >= MIN_TURN1_SSIM, m
     assert float(np.mean(m["psnr"])) >= MIN_MEAN_PSNR, m
+
+
+@pytest.mark.integration
+def test_mini_performs_held_out_edits(runner, tmp_path):
+    """The packaged model succeeds on held-out first turns (the scorer: the edit made, nothing else changed)."""
+    from vincie_cli.synth.benchmark import make_benchmark, save_benchmark
+
+    bench = tmp_path / "bench"
+    save_benchmark(make_benchmark(20, size=64, turns=1), bench)
+    out = tmp_path / "eval"
+    r = runner.invoke(main, ["eval", "synthetic", "-o", str(out), "--model", "mini", "--benchmark", str(bench),
+                             "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    m = json.loads((out / "report.json").read_text())["metrics"]
+    assert m["success_rate"][0] >= MIN_TURN1_SUCCESS, m
 
 
 def test_edit_without_model_refuses_a_photo(runner, tmp_path):
