@@ -614,8 +614,8 @@ def pack_samples(
         offset += T * per
     row_changed = row_weights = None
     if with_loss and any(m is not None for m in marks):
-        none = torch.zeros(0, dtype=torch.bool)
-        row_changed = torch.cat([none.new_zeros(len(r)) if m is None else m for r, m in zip(rows, marks)]).to(dev)
+        filled = [torch.zeros(len(r), dtype=torch.bool) if m is None else m for r, m in zip(rows, marks)]
+        row_changed = torch.cat(filled).to(dev)
         if changed_share > 0:
             ws = [None if m is None else changed_row_weights(m, changed_share) for m in marks]
             row_weights = torch.cat([torch.ones(len(r)) if w is None else w for r, w in zip(rows, ws)]).to(dev)
