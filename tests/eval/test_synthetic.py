@@ -7,6 +7,7 @@ from PIL import Image
 from vincie_cli.cli import main
 from vincie_cli.eval import generate as gen_mod
 from vincie_cli.eval import synthetic
+from vincie_cli.eval.report import finalize, markdown
 from vincie_cli.utils.io import BadInputError, UsageError
 
 
@@ -43,6 +44,14 @@ def test_scores_per_turn_with_masks(bench, tmp_path):
     assert report["summary"]["turns_with_masks"] == 3
     scores = [json.loads(x) for x in (tmp_path / "run/scores.jsonl").read_text().splitlines()]
     assert scores[1]["turns"][1]["success"] is False and scores[1]["turns"][1]["reason"]
+    # per edit kind: b's turn 2 did nothing, so its kind is not always right
+    kinds = report["by_kind"]
+    assert sum(v["turns"] for v in kinds.values()) == 6
+    k = items[1].turns[1].kind
+    assert kinds[k]["edit_ok_rate"] < 1.0 and kinds[k]["success_rate"] < 1.0
+    assert kinds[items[0].turns[0].kind]["edit_ok_rate"] > 0  # a's turn 1 is exact
+    md = markdown(finalize(report, "exact"))
+    assert "## By edit kind (every turn)" in md and f"| {k} | {kinds[k]['turns']} |" in md
 
 
 def test_missing_turns_and_wrong_sizes(bench, tmp_path):

@@ -17,7 +17,8 @@ from vincie_cli.synth.benchmark import (
 )
 from vincie_cli.synth.oracle import diff_states, summarize
 from vincie_cli.synth.render import render_state
-from vincie_cli.synth.scorer import TurnJudge, aggregate, score_session
+from vincie_cli.synth.scorer import TurnJudge, aggregate, by_kind, score_session
+from vincie_cli.synth.world import PALETTE
 from vincie_cli.utils.io import BadInputError, UsageError
 
 
@@ -82,6 +83,32 @@ def test_exact_frames_score_100_and_doing_nothing_scores_0(bench64, size):
             change = {"kind": t.kind, "objects": list(t.objects)}
             assert not judge.turn(prev_state, t.state, change, prev_img, prev_img, t.image)[0], (s.id, t.instruction)
             prev_state, prev_img = t.state, t.image
+
+
+def test_by_kind_separates_the_edit_from_its_side_effects(bench64):
+    exact = [score_session(s, [t.image for t in s.turns]) for s in bench64]
+    rows = by_kind(exact)
+    assert sum(r["turns"] for r in rows.values()) == sum(len(s.turns) for s in bench64)
+    assert set(rows) == {t.kind for s in bench64 for t in s.turns} and len(rows) >= 5
+    for r in rows.values():
+        assert (r["success_rate"], r["edit_ok_rate"], r["unexpected_rate"]) == (1.0, 1.0, 0.0)
+        assert r["kept_intact"] in (1.0, None)
+    # every turn returns its (right) input unchanged: no edit is right
+    nothing = by_kind([score_session(s, [s.start_image] + [t.image for t in s.turns[:-1]]) for s in bench64])
+    assert all(r["success_rate"] == 0.0 and r["edit_ok_rate"] == 0.0 for r in nothing.values())
+    # the right edit with a stray blob of a colour no object has: edit right, turn failed, counted as unexpected
+    s = next(s for s in bench64 if s.turns[0].kind not in ("background",) and not s.turns[0].kind.startswith("camera"))
+    used = {o.colour for o in s.turns[0].state.objects} | {o.colour for o in s.start_state.objects}
+    colour = next(c for c in PALETTE if c not in used)
+    img = np.array(s.turns[0].image)
+    img[2:12, 2:12] = PALETTE[colour]
+    sc = score_session(s, [img] + [t.image for t in s.turns[1:]])
+    t1 = sc.turns[0]
+    assert not t1.success and t1.edit_ok and t1.extra == [colour]
+    r = by_kind([sc])[t1.kind]
+    assert r["unexpected_rate"] > 0 and r["success_rate"] < 1.0 and r["edit_ok_rate"] == 1.0
+    assert not score_session(s, [s.start_image] * 5).turns[0].edit_ok
+    assert score_session(s, [None] * 5).turns[0].edit_ok is False  # no image
 
 
 def test_cumulative_counting_and_missing_images(bench64):

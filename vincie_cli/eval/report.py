@@ -109,6 +109,16 @@ def markdown(report: dict[str, Any]) -> str:
     out += [table(["metric"] + [f"turn {t}" for t in turns], rows), ""]
     if report.get("summary"):
         out += ["## Summary", ""] + [f"- {k}: {fmt(v)}" for k, v in report["summary"].items()] + [""]
+    kinds = report.get("by_kind") or {}
+    if kinds:
+        header = ["edit kind", "turns", "success", "edit right", "unexpected objects", "kept intact"]
+        rows = [
+            [k, v["turns"], v["success_rate"], v["edit_ok_rate"], v["unexpected_rate"], v["kept_intact"]]
+            for k, v in kinds.items()
+        ]
+        out += ["## By edit kind (every turn)", "", table(header, rows), ""]
+        out += ["`edit right`: the instructed change is right, side effects aside; `unexpected objects`: an object "
+                "of a colour that should not be there.", ""]  # fmt: skip
     failures = report.get("failures") or []
     if failures:
         out += [f"## Failures ({len(failures)})", ""]

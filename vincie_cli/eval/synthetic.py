@@ -126,7 +126,7 @@ def find_mask(results: Path, sid: str, turn: int, role: str, listed: dict[tuple[
 
 def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing: bool = False) -> dict[str, Any]:
     """Score a results folder with the synthetic world's scorer; per-session details go to `<out_dir>/scores.jsonl`."""
-    from vincie_cli.synth.scorer import aggregate, score_session
+    from vincie_cli.synth.scorer import aggregate, by_kind, score_session
 
     if not results.is_dir():
         raise BadInputError(f"{results}: results folder not found")
@@ -196,6 +196,7 @@ def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing:
             "mean_successful_turns": round(sum(sc.successful_turns for sc in scores) / len(scores), 4),
             "turns_with_masks": with_masks,
         },
+        "by_kind": by_kind(scores),
         "config": {"results": str(results)},
         "failures": failures,
         "warnings": warnings,

@@ -332,6 +332,16 @@ class TurnScore:
     iou_dst: float | None = None
     reason: str = ""
 
+    @property
+    def edit_ok(self) -> bool:
+        """The instructed change itself is right (a turn can get it right and still fail on side effects):
+        the background for a background change, else every object the turn adds, edits or removes."""
+        if self.reason == "no image":
+            return False
+        if self.kind == "background":
+            return self.background_ok
+        return all(o.ok for o in self.objects if o.role != "kept")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["objects"] = [o.to_dict() for o in self.objects]
@@ -687,3 +697,25 @@ def aggregate(scores: Sequence[SessionScore]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def by_kind(scores: Sequence[SessionScore]) -> dict[str, dict[str, Any]]:
+    """Per edit kind, over every scored turn: how many turns, the share that succeeded, the share whose
+    instructed change was right (`edit_ok`, side effects aside), the share with an object of a colour that
+    should not be there, and the share of kept objects left intact. Kinds sorted by name."""
+    groups: dict[str, list[TurnScore]] = {}
+    for s in scores:
+        for t in s.turns:
+            groups.setdefault(t.kind, []).append(t)
+    out = {}
+    for kind in sorted(groups):
+        ts = groups[kind]
+        kept = [o.ok for t in ts for o in t.objects if o.role == "kept"]
+        out[kind] = {
+            "turns": len(ts),
+            "success_rate": round(sum(t.success for t in ts) / len(ts), 4),
+            "edit_ok_rate": round(sum(t.edit_ok for t in ts) / len(ts), 4),
+            "unexpected_rate": round(sum(bool(t.extra) for t in ts) / len(ts), 4),
+            "kept_intact": round(sum(kept) / len(kept), 4) if kept else None,
+        }
+    return out
