@@ -44,6 +44,7 @@ def test_scores_per_turn_with_masks(bench, tmp_path):
     assert report["summary"]["turns_with_masks"] == 3
     scores = [json.loads(x) for x in (tmp_path / "run/scores.jsonl").read_text().splitlines()]
     assert scores[1]["turns"][1]["success"] is False and scores[1]["turns"][1]["reason"]
+    assert scores[1]["turns"][1]["edit_ok"] is False and scores[0]["turns"][1]["edit_ok"] is True
     # per edit kind: b's turn 2 did nothing, so its kind is not always right
     kinds = report["by_kind"]
     assert sum(v["turns"] for v in kinds.values()) == 6

@@ -345,6 +345,7 @@ class TurnScore:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["objects"] = [o.to_dict() for o in self.objects]
+        d["edit_ok"] = self.edit_ok
         return d
 
 
