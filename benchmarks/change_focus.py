@@ -8,8 +8,9 @@ Per turn: d = |result - input| summed over RGB (input: the start frame for turn 
 previous turn, i.e. what the model was given), and the RoE = the union of the turn's true src / dst masks.
 `inside` is the share of sum(d) that falls in the RoE, `area` the RoE's share of the image, and `focus` =
 inside / area: how many times more change per pixel the RoE gets than the image on average (1: the change is
-spread evenly, the exact frames score about 1 / area). Background changes (the RoE is the whole image) and
-turns whose result is missing or equal to its input are skipped. Success rates are near zero for a model that
+spread evenly, the exact frames score about 1 / area). Turns whose RoE covers 90 % of the image or more
+(background changes, most camera moves) or whose result equals its input are skipped; a missing result ends
+its session (the next turn's input is unknown). Success rates are near zero for a model that
 is learning to find the object an instruction names; this moves before they do. Prints one JSON line per kind.
 """
 
@@ -40,13 +41,13 @@ def change_focus(bench: str | Path, results: str | Path, turns: int | None = Non
             path = turn_image(Path(results), s.id, k)
             if path is None:
                 break
-            out = pixels(path)
-            if out.shape != prev.shape:
+            img = pixels(path)
+            if img.shape != prev.shape:
                 raise SystemExit(
-                    f"{path}: {out.shape[1]}x{out.shape[0]}, the benchmark is {prev.shape[1]}x{prev.shape[0]}"
+                    f"{path}: {img.shape[1]}x{img.shape[0]}, the benchmark is {prev.shape[1]}x{prev.shape[0]}"
                 )
-            d = np.abs(out - prev).sum(-1)
-            prev = out
+            d = np.abs(img - prev).sum(-1)
+            prev = img
             roe = np.zeros(d.shape, bool)
             for m in (t.roe.src, t.roe.dst):
                 if m is not None:

@@ -48,7 +48,7 @@ TRAIN=(--set "data.sources=[$OUT/sessions]" --set train.precision=bf16 --set "tr
     --set "train.max_time=$TRAIN_S" --set "train.max_steps=$STEPS" --set "optim.lr=$LR" --set optim.warmup_steps=200
     --set train.checkpoint_every=1000000 --set eval.every=0 --set log.every=50 --set data.num_workers=4)
 [[ -n ${INIT:-} ]] && TRAIN+=(--set "model.init=$INIT")
-[[ -n ${SMOKE:-} ]] && TRAIN+=(--set data.num_workers=0 --set optim.warmup_steps=1 --set log.every=1)
+[[ -n ${SMOKE:-} ]] && TRAIN+=(--set optim.warmup_steps=1 --set log.every=1)
 RESUME=()
 [[ -f $OUT/run/latest ]] && RESUME=(--resume)
 say "train mini: ${TRAIN_S} s or $STEPS steps, $TOKENS tokens per batch, lr $LR${INIT:+, from $INIT}"
