@@ -84,3 +84,14 @@ def test_training_timesteps():
     assert (logit_normal_timesteps(20000, g()) > 964).float().mean() < 0.002  # logit-normal (0, 1): 0.05 %
     with pytest.raises(ValueError, match="beta"):
         training_timesteps(4, g(), "beta")
+
+
+def test_grid_timesteps_are_the_sampling_grid():
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    # 2 steps, shift 3: the sampler asks at t = 1000 and 750 only, and so does training
+    t = training_timesteps(4000, g(), "grid", shift=3.0, grid_steps=2)
+    assert sorted(t.unique().tolist()) == [750.0, 1000.0]
+    assert abs((t == 1000.0).float().mean().item() - 0.5) < 0.03
+    assert torch.equal(training_timesteps(6, g(), "grid", shift=3.0, grid_steps=1), torch.full((6,), 1000.0))
+    ten = training_timesteps(20000, g(), "grid", shift=3.0, grid_steps=10)
+    assert torch.equal(ten.unique().sort().values, sampling_timesteps(10, shift=3.0).sort().values)

@@ -293,6 +293,12 @@ def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
         recipe(tiny_recipe, shards, "flow.timestep_shift=0")
     with pytest.raises(UsageError, match=r"flow\.timestep_dist: expected one of"):
         recipe(tiny_recipe, shards, "flow.timestep_dist=beta")
+    with pytest.raises(UsageError, match=r"flow\.timestep_grid_steps: expected >= 1"):
+        recipe(tiny_recipe, shards, "flow.timestep_grid_steps=0")
+    # "grid": every target at a point of the sampler's grid (2 steps, shift 3: t = 1000 or 750)
+    state = L.setup(recipe(tiny_recipe, shards, "flow.timestep_dist=grid", *sets[1:]), tmp_path / "grid")
+    packed = L.make_inputs(state, state.batcher.next_batch(), torch.Generator().manual_seed(5))
+    assert set(packed.row_timesteps()[packed.loss_rows].unique().tolist()) <= {750.0, 1000.0}
 
 
 def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe, shards, tmp_path):

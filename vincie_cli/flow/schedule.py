@@ -95,6 +95,15 @@ def shift_timesteps(t: Tensor, shift: float, T: float = T_MAX) -> Tensor:
     return shift * u / (1 + (shift - 1) * u) * float(T)
 
 
+def grid_timesteps(
+    n: int, steps: int, shift: float, generator: torch.Generator | None = None, T: float = T_MAX
+) -> Tensor:
+    """(n,) training timesteps drawn uniformly from the `steps`-step sampling grid with `shift`
+    (`sampling_timesteps`): a model sampled with few steps is only ever asked at those timesteps."""
+    grid = sampling_timesteps(steps, shift, T)
+    return grid[torch.randint(len(grid), (n,), generator=generator)]
+
+
 def training_timesteps(
     n: int,
     generator: torch.Generator | None = None,
@@ -103,12 +112,16 @@ def training_timesteps(
     scale: float = 1.0,
     shift: float = 1.0,
     T: float = T_MAX,
+    grid_steps: int = 2,
 ) -> Tensor:
-    """(n,) training timesteps: `dist` "logit_normal" (loc, scale) or "uniform", then `shift_timesteps`."""
+    """(n,) training timesteps: `dist` "logit_normal" (loc, scale) or "uniform", then `shift_timesteps`;
+    or "grid": the points of the `grid_steps`-step sampling grid with that shift (`grid_timesteps`)."""
+    if dist == "grid":
+        return grid_timesteps(n, grid_steps, shift, generator, T)
     if dist == "logit_normal":
         t = logit_normal_timesteps(n, generator, loc, scale, T)
     elif dist == "uniform":
         t = uniform_timesteps(n, generator, T)
     else:
-        raise ValueError(f"unknown timestep distribution {dist!r} (logit_normal or uniform)")
+        raise ValueError(f"unknown timestep distribution {dist!r} (logit_normal, uniform or grid)")
     return t if shift == 1.0 else shift_timesteps(t, shift, T)

@@ -536,9 +536,8 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
     step_states = [[encoded[t].to(dev) for t in p.comp.texts] for p in batch]
     n_targets = sum(len(p.comp.targets) for p in batch)
     f = r.flow
-    times = training_timesteps(
-        n_targets, gen, f.timestep_dist, f.timestep_loc, f.timestep_scale, f.timestep_shift
-    ).tolist()
+    ts = (f.timestep_dist, f.timestep_loc, f.timestep_scale, f.timestep_shift)
+    times = training_timesteps(n_targets, gen, *ts, grid_steps=f.timestep_grid_steps).tolist()
     if timestep is not None:  # drawn anyway above, so the noise that follows is the same for every timestep
         times = [float(timestep)] * n_targets
     samples, owners, k = [], [], 0

@@ -135,11 +135,13 @@ class TasksSection:
 class FlowSection:
     # training timesteps: "logit_normal" (t = 1000 sigmoid(loc + scale z)) or "uniform", then the sampling
     # grid's shift (1: none). Sampling with shift s spends most steps near t = 1000; a model never trained
-    # there starts every edit from a guess it has not learned (docs/training.md)
-    timestep_dist: Literal["logit_normal", "uniform"] = "logit_normal"
+    # there starts every edit from a guess it has not learned (docs/training.md). "grid": only the points
+    # of the timestep_grid_steps-step sampling grid with that shift (a model always sampled with few steps)
+    timestep_dist: Literal["logit_normal", "uniform", "grid"] = "logit_normal"
     timestep_loc: float = 0.0
     timestep_scale: float = 1.0
     timestep_shift: float = 1.0
+    timestep_grid_steps: int = 2
     # "velocity": the MSE of eps - x0; "x0": each target's velocity MSE times max(t/T, 0.05)^2, i.e. the MSE
     # of the clean latent it implies (every sampling step weighs the same; pairs with model.prediction x0)
     loss: Literal["velocity", "x0"] = "velocity"
@@ -154,6 +156,7 @@ class FlowSection:
     def __post_init__(self) -> None:
         _check(self.timestep_scale > 0, "flow.timestep_scale", "expected > 0")
         _check(self.timestep_shift > 0, "flow.timestep_shift", "expected > 0")
+        _check(self.timestep_grid_steps >= 1, "flow.timestep_grid_steps", "expected >= 1")
         _check(0 <= self.changed_share < 1, "flow.changed_share", f"expected in [0, 1), got {self.changed_share}")
         _check(self.changed_threshold >= 0, "flow.changed_threshold", "expected >= 0")
 
