@@ -71,6 +71,12 @@ def test_chain_mask_and_drag_options(runner, model_dir, image, tmp_path):
     assert not (tmp_path / "y").exists()
     r = _edit(runner, image, "-p", "a", "--chain", "previous", "-o", tmp_path / "z", *base)
     assert r.exit_code == 2 and "--chain: unknown step(s) 'previous'" in r.stderr
+    args = ["-p", "add a lamp", "--mask", tmp_path / "m.png", "--keep-outside", "1", "-o", tmp_path / "k", *base]
+    lines = _ok(_edit(runner, image, *args))
+    assert lines[0]["kept_outside"] == pytest.approx(1 - (17 * 27) / (48 * 64), abs=1e-4)  # 15x25 grown by 1
+    r = _edit(runner, image, "-p", "a", "--keep-outside", "1", "-o", tmp_path / "n", *base)
+    assert r.exit_code == 2 and "this turn has none: add --chain current,next" in r.stderr
+    assert not (tmp_path / "n" / "turn1.png").exists()
 
 
 def test_multi_image_and_exif_rotated_input(runner, model_dir, tmp_path):

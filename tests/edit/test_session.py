@@ -146,6 +146,36 @@ def test_mask_file_gives_the_next_mask(model, settings, image, tmp_path):
     assert not (out / "turn2.png").exists() and len(read_session(out / "session.json")["turns"]) == 1
 
 
+def test_keep_outside_keeps_the_source_pixels_outside_the_mask(model, settings, image, tmp_path):
+    m = np.zeros((48, 64), np.uint8)
+    m[8:24, 16:40] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    plain = EditSession.create(model, [image], tmp_path / "plain", settings)
+    plain.run(["put a lamp here"], [TurnControl(mask=str(tmp_path / "mask.png"))])
+    out = tmp_path / "kept"
+    sess = EditSession.create(model, [image], out, settings.updated(keep_outside=2))
+    (rec,) = sess.run(["put a lamp here"], [TurnControl(mask=str(tmp_path / "mask.png"))])
+    src = sess._source_pixels(("input", 0))  # the input as the model saw it (resized to the frame)
+    assert src.shape == (48, 64, 3) and src.dtype == np.uint8
+    kept, free = _pixels(out / "turn1.png"), _pixels(tmp_path / "plain" / "turn1.png")
+    grown = np.zeros((48, 64), bool)
+    grown[6:26, 14:42] = True  # the mask grown by 2 px (a square neighbourhood)
+    assert (kept[~grown] == src[~grown]).all() and (kept[grown] == free[grown]).all()
+    assert not (free[~grown] == src[~grown]).all()  # the tiny model changes pixels outside the region
+    assert rec["kept_outside"] == pytest.approx(1 - grown.mean(), abs=1e-4)
+    assert rec["settings"]["keep_outside"] == 2
+    # the next turn edits the kept image (latents re-encoded from the written PNG), identical on resume
+    sess.run(["make it snow"], [TurnControl(mask=str(tmp_path / "mask.png"))])
+    written = sess._encode(to_tensor(load_image(out / "turn1.png")).mul(2).sub(1), ("image", 1))
+    assert torch.equal(sess._latents[("image", 1)], written)
+    resumed = EditSession.open(model, out / "session.json")
+    assert torch.equal(resumed._context_latent(("image", 1)), written)
+    with pytest.raises(UsageError, match=r"turn 1: --keep-outside .* this turn has none: add --chain"):
+        EditSession.create(model, [image], tmp_path / "none", settings.updated(keep_outside=0)).run(PROMPTS[:1])
+    with pytest.raises(UsageError, match="keep_outside must be >= 0 pixels"):
+        settings.updated(keep_outside=-1)
+
+
 def test_drag_moves_the_predicted_mask(model, settings, image, tmp_path):
     out = tmp_path / "drag"
     sess = EditSession.create(model, [image], out, settings.updated(seed=2))

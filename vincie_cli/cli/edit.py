@@ -41,6 +41,7 @@ SETTING_OPTIONS = {
     "noise_device": "noise_device",
     "context": "context",
     "chain": "chain",
+    "keep_outside": "keep_outside",
     "max_input_pixels": "max_input_pixels",
 }
 
@@ -102,6 +103,14 @@ def session_options(fn: Any) -> Any:
             metavar="DX,DY[,SCALE[,ANGLE]]",
             help="Predict the current change mask, move it (pixels of the edited image; scale and counter-clockwise "
             "degrees about its centre) to make the next mask, then edit; for the one new turn.",
+        ),
+        click.option(
+            "--keep-outside",
+            type=int,
+            default=None,
+            metavar="PIXELS",
+            help="Outside the turn's change masks (grown by PIXELS) keep the edited image's pixels exactly; "
+            "needs --chain, --mask or --drag.",
         ),
         click.option(
             "--fit",
@@ -225,6 +234,8 @@ def _turn_record(rec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "sha256": rec["sha256"],
         "seconds": rec["seconds"]["total"],
     }
+    if rec.get("kept_outside") is not None:
+        line["kept_outside"] = rec["kept_outside"]
     if "matches" in rec:
         line["matches_recorded"] = rec["matches"]
     return line

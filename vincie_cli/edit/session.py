@@ -352,6 +352,11 @@ class EditSession:
                 src_mask="current" in s.chain or drag is not None,
                 dst_mask="next" in s.chain or control.mask is not None or drag is not None,
             )
+            if s.keep_outside is not None and not (spec.src_mask or spec.dst_mask):
+                raise UsageError(
+                    f"turn {k}: --keep-outside keeps the pixels outside the turn's change masks, and this turn has "
+                    "none: add --chain current,next (the model predicts them), --mask FILE or --drag"
+                )
             planned.append(_Planned(k, prompt, control, s, spec))
         # the turn table bounds the text segments of every round
         rows = self.model.dit.config.max_turns
@@ -426,11 +431,14 @@ class EditSession:
         dit_calls = 0
         written: dict[str, str] = {}
         new_latents: dict[str, Tensor] = {}
+        masks: list[Tensor] = []  # this turn's change masks, (H, W) bool, for keep_outside
+        kept_share = None
         for f in own:
             key = keys[f]
             role = key[0]
             if role == "mask_next" and (p.control.mask is not None or p.control.drag is not None):
                 mask = self._supplied_mask(p, keys)
+                masks.append(mask.cpu())
                 written[role] = self._write_png(key, mask_png(mask))
                 t0 = time.perf_counter()
                 latent = self._encode(mask_image(mask), key)
@@ -441,8 +449,15 @@ class EditSession:
                 dit_calls += calls
                 t0 = time.perf_counter()
                 img = self._decode(latent)
+                pixels = postprocess(img)
+                if role != "image":
+                    masks.append(binarize(img).cpu())
+                elif s.keep_outside is not None:
+                    source = max(i for i, k in enumerate(keys[: own[0]]) if k[0] in ("input", "image"))
+                    pixels, kept_share = keep_outside(pixels, self._source_pixels(keys[source]), masks, s.keep_outside)
+                    latent = self._encode(to_tensor(Image.fromarray(pixels)).mul(2).sub(1), key)
                 timing["vae"] += time.perf_counter() - t0
-                written[role] = self._write_png(key, postprocess(img))
+                written[role] = self._write_png(key, pixels)
             if s.roundtrip == "latent":
                 self._latents[key] = latent
                 new_latents[_latent_name(key)] = latent
@@ -464,6 +479,7 @@ class EditSession:
             "drag": p.control.drag.to_list() if p.control.drag is not None else None,
             "image": image_rel,
             "masks": {r.removeprefix("mask_"): v for r, v in written.items() if r != "image"},
+            "kept_outside": kept_share,
             "latents": latents_rel,
             "sha256": sha256_file(self.out_dir / image_rel),
             "size": list(self.frame_size),
@@ -485,6 +501,13 @@ class EditSession:
         self.record["updated"] = _now()
         atomic_write_json(self.out_dir / SESSION_FILE, self.record)
         return rec
+
+    def _source_pixels(self, key: FrameKey) -> np.ndarray:
+        """(H, W, 3) uint8 of a context image: a turn's PNG as written, or an input as the model saw it."""
+        if key[0] == "input":
+            x = self.inputs.tensors[key[1]].float().clamp(-1, 1)
+            return x.add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return np.asarray(load_image(self.out_dir / ROLE_FILES[key[0]].format(k=key[1])).convert("RGB"))
 
     def _supplied_mask(self, p: _Planned, keys: list[FrameKey]) -> Tensor:
         if p.control.mask is not None:
@@ -578,6 +601,18 @@ class EditSession:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def keep_outside(edited: np.ndarray, source: np.ndarray, masks: list[Tensor], margin: int) -> tuple[np.ndarray, float]:
+    """The edited image inside the union of `masks` grown by `margin` pixels, `source` elsewhere.
+
+    edited, source: (H, W, 3) uint8; masks: (H, W) bool. Returns the image and the share of pixels kept.
+    """
+    region = torch.stack(masks).any(0).float()[None, None]
+    if margin > 0:
+        region = torch.nn.functional.max_pool2d(region, 2 * margin + 1, stride=1, padding=margin)
+    inside = region[0, 0].bool().numpy()
+    return np.where(inside[..., None], edited, source), round(1.0 - float(inside.mean()), 4)
 
 
 def check_prompts(prompts: list[str], camera_prefix: str = "", first_turn: int = 1, first_index: int = 1) -> None:

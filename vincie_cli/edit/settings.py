@@ -47,7 +47,8 @@ class EditSettings:
     input images 2.. are brought to the first image's frame: "pad" letterboxes, "crop" fills and centre-crops,
     "stretch" resizes to the first image's size as the release does), max_input_pixels, min_image_side.
     Session: context (past turns in context; None: all), chain (mask frames predicted before each image),
-    roundtrip ("latent" or "png").
+    roundtrip ("latent" or "png"), keep_outside (None: off; N: outside the turn's change masks grown by N
+    pixels, the edited image keeps the source image's pixels exactly; needs masks: chain, --mask or --drag).
     Numerics: precision (DiT dtype), attention ("bf16": the release's rounding of q/k/v; "fp32"),
     vae_precision, posterior ("mean" or a seeded "sample"), noise_device ("device": the compute device's
     generator, as the release; "cpu": the same noise on every machine).
@@ -76,6 +77,7 @@ class EditSettings:
     context: int | None = None
     chain: tuple[str, ...] = ()
     roundtrip: str = "latent"
+    keep_outside: int | None = None
     # numerics
     precision: str = "fp32"
     attention: str = "bf16"
@@ -105,6 +107,8 @@ class EditSettings:
             problems.append(f"resolution must be >= 16 (pixels per side of the target area), got {self.resolution}")
         if self.context is not None and self.context < 0:
             problems.append(f"context must be >= 0 past turns, got {self.context}")
+        if self.keep_outside is not None and self.keep_outside < 0:
+            problems.append(f"keep_outside must be >= 0 pixels, got {self.keep_outside}")
         if self.max_input_pixels < 1 or self.min_image_side < 1:
             problems.append("max_input_pixels and min_image_side must be positive")
         for name, allowed in (
