@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.edit.conftest import make_image
 from vincie_cli.edit import batch as batch_mod
@@ -92,11 +94,33 @@ def test_processes_split_the_sessions(model, sessions, tmp_path, monkeypatch):
         ({"id": "x", "images": ["a.png"], "prompts": "p"}, "'prompts' must be a non-empty list"),
         ({"id": "x", "images": ["a.png"], "prompts": ["p"], "seed": "1"}, "'seed' must be an integer"),
         ({"id": "x", "images": ["a.png"], "prompts": ["p"], "colour": 1}, "unknown key"),
+        ({"id": "x", "images": ["a.png"], "prompts": ["p", "q"], "masks": [None]}, "'masks' must hold one entry"),
+        ({"id": "x", "images": ["a.png"], "prompts": ["p"], "masks": [{"src": "m.png"}]}, "either key"),
+        ({"id": "x", "images": ["a.png"], "prompts": ["p"], "masks": [{}]}, "either key"),
     ],
 )
 def test_bad_sessions_are_named(model, tmp_path, bad, message):
     with pytest.raises(BadInputError, match=message):
         run_sessions(model, [bad], tmp_path, FAST)
+
+
+def test_given_masks_per_turn(model, sessions, tmp_path):
+    """ "masks": per turn the current and/or next change mask is given (not sampled); a re-run skips it."""
+    m = np.zeros((48, 64), np.uint8)
+    m[10:30, 20:40] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    s = dict(sessions[0], masks=[{"current": str(tmp_path / "m.png"), "next": str(tmp_path / "m.png")}, None])
+    (res,) = run_sessions(model, [s], tmp_path / "gen", FAST)
+    rec = read_session(tmp_path / "gen" / "s1" / "session.json")
+    first, second = rec["turns"]
+    assert first["masks"] == {"current": "turn1_mask_current.png", "next": "turn1_mask_next.png"}
+    assert first["current_mask"] == "turn1_mask_current.png"
+    assert first["dit_calls"] == 2 * FAST["steps"]  # only the image is sampled (guided: two passes a step)
+    saved = np.asarray(Image.open(tmp_path / "gen" / "s1" / "turn1_mask_current.png"))[..., 0]
+    assert ((saved > 127) == (m > 127)).all()
+    assert second["masks"] == {} and res["status"] == "done"
+    (again,) = run_sessions(model, [s], tmp_path / "gen", FAST)
+    assert again["status"] == "skipped"
 
 
 def test_manifest_reading(tmp_path):
@@ -106,8 +130,11 @@ def test_manifest_reading(tmp_path):
         {"id": "b", "images": ["/abs/b.png"], "prompts": ["q"], "seed": 3},
     ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    lines.append({"id": "c", "images": ["c.png"], "prompts": ["p", "q"], "masks": [{"next": "m/c.png"}, None]})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     got = read_manifest(tmp_path / "m.jsonl")
     assert got[0]["images"] == [str(tmp_path / "imgs" / "a.png")] and got[1]["images"] == ["/abs/b.png"]
+    assert got[2]["masks"] == [{"next": str(tmp_path / "m" / "c.png")}, None]
     (tmp_path / "dup.jsonl").write_text("".join(json.dumps(lines[0]) + "\n" for _ in range(2)))
     with pytest.raises(BadInputError, match="dup.jsonl:2: duplicate session id 'a'"):
         read_manifest(tmp_path / "dup.jsonl")

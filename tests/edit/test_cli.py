@@ -3,6 +3,8 @@ replay, and one clear line plus a non-zero exit code for bad input."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,7 +66,11 @@ def test_chain_mask_and_drag_options(runner, model_dir, image, tmp_path):
     lines = _ok(_edit(runner, image, "-p", "move it", "--drag", "4,0", "--seed", "2", "-o", tmp_path / "d", *base))
     assert set(lines[0]["masks"]) == {"current", "next"}
     r = _edit(runner, image, "-p", "a", "-p", "b", "--mask", tmp_path / "m.png", "-o", tmp_path / "x", *base)
-    assert r.exit_code == 2 and "--mask and --drag control one turn" in r.stderr
+    assert r.exit_code == 2 and "--mask, --current-mask and --drag control one turn" in r.stderr
+    args = ["-p", "remove it", "--current-mask", tmp_path / "m.png", "--mask", tmp_path / "m.png"]
+    lines = _ok(_edit(runner, image, *args, "-o", tmp_path / "cm", *base))
+    assert set(lines[0]["masks"]) == {"current", "next"}
+    assert json.loads((tmp_path / "cm" / "session.json").read_text())["turns"][0]["dit_calls"] == 2 * 2  # image only
     Image.fromarray(m[:30, :30]).save(tmp_path / "small_mask.png")
     r = _edit(runner, image, "-p", "a", "--mask", tmp_path / "small_mask.png", "-o", tmp_path / "y", *base)
     assert r.exit_code == 1 and "small_mask.png: mask is 30x30 px; expected 64x48" in r.stderr

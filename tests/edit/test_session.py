@@ -176,6 +176,28 @@ def test_keep_outside_keeps_the_source_pixels_outside_the_mask(model, settings, 
         settings.updated(keep_outside=-1)
 
 
+def test_current_mask_file_is_given_not_predicted(model, settings, image, tmp_path):
+    c = np.zeros((48, 64), np.uint8)
+    c[20:30, 8:20] = 255
+    Image.fromarray(c).save(tmp_path / "current.png")
+    out = tmp_path / "cur"
+    sess = EditSession.create(model, [image], out, settings)
+    (rec,) = sess.run(["remove the square"], [TurnControl(current_mask=str(tmp_path / "current.png"))])
+    assert rec["masks"] == {"current": "turn1_mask_current.png"} and rec["current_mask"] == "turn1_mask_current.png"
+    assert rec["current_mask_source"] == str((tmp_path / "current.png").resolve()) and rec["mask"] is None
+    assert rec["texts"][-2:] == [src_mask_text(0, 1, "remove the square"), edit_text(0, 2, "remove the square")]
+    assert rec["dit_calls"] == 2 * settings.steps  # only the image is sampled
+    assert (_pixels(out / "turn1_mask_current.png")[..., 0] > 127).tolist() == (c > 127).tolist()
+    # a drag moves the given current mask (not a predicted one)
+    (rec,) = sess.run(["move it"], [TurnControl(drag=Drag(5, 0), current_mask=str(tmp_path / "current.png"))])
+    nxt = torch.from_numpy(_pixels(out / "turn2_mask_next.png")[..., 0] > 127)
+    assert torch.equal(nxt, drag_mask(torch.from_numpy(c > 127), Drag(5, 0)))
+    assert rec["dit_calls"] == 2 * settings.steps
+    Image.fromarray(c[:40]).save(tmp_path / "wrong.png")
+    with pytest.raises(BadInputError, match=r"wrong.png: mask is 64x40 px; expected 64x48"):
+        sess.run(["again"], [TurnControl(current_mask=str(tmp_path / "wrong.png"))])
+
+
 def test_drag_moves_the_predicted_mask(model, settings, image, tmp_path):
     out = tmp_path / "drag"
     sess = EditSession.create(model, [image], out, settings.updated(seed=2))
@@ -269,8 +291,14 @@ def test_replay_reproduces_every_turn(model, settings, image, tmp_path):
     EditSession.open(model, tmp_path / "orig", {"guidance": 3.0}).run(
         ["add a lamp"], [TurnControl(mask=str(tmp_path / "mask.png"))]
     )
+    c = np.zeros((48, 64), np.uint8)
+    c[30:40, 40:60] = 255
+    Image.fromarray(c).save(tmp_path / "current.png")
+    EditSession.open(model, tmp_path / "orig").run(
+        ["move it"], [TurnControl(drag=Drag(-4, 0), current_mask=str(tmp_path / "current.png"))]
+    )
     results = replay(model, tmp_path / "orig" / "session.json", tmp_path / "again")
-    assert [r["matches"] for r in results] == [True, True]
+    assert [r["matches"] for r in results] == [True, True, True]
     assert json.loads((tmp_path / "again" / "session.json").read_text())["turns"][1]["settings"]["guidance"] == 3.0
 
 

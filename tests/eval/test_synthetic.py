@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -176,6 +177,39 @@ def test_swapped_instructions_control(bench, tmp_path, monkeypatch, runner):
         report = json.loads((dest / "report.json").read_text())
         assert report["metrics"]["success_rate"][0] == want
         assert report["config"]["swap_instructions"] is bool(flag)
+
+
+@pytest.mark.parametrize("no_context", [False, True])
+def test_true_masks_are_given_per_turn(bench, tmp_path, monkeypatch, runner, no_context):
+    items, folder = synthetic.load_or_make(str(bench), tmp_path, 0, 0, 0, 0)
+    sessions = synthetic.generation_sessions(items, folder, true_masks=True)
+    for s, item in zip(sessions, items):
+        assert len(s["masks"]) == len(item.turns)
+        for k, (m, t) in enumerate(zip(s["masks"], item.turns), 1):
+            if t.roe.src is None:
+                assert m is None
+                continue
+            assert m == {"current": str(folder / "masks" / s["id"] / f"turn{k}_src.png"),
+                         "next": str(folder / "masks" / s["id"] / f"turn{k}_dst.png")}  # fmt: skip
+            assert Path(m["current"]).is_file() and Path(m["next"]).is_file()
+    assert any(m for s in sessions for m in s["masks"])
+    editor = OracleEditor(bench, items)
+    monkeypatch.setattr(gen_mod, "_run_sessions", lambda: editor)
+    gen_mod.generate("ckpt", sessions, tmp_path / "gen", {}, no_context)
+    if no_context:  # each one-turn session carries its own turn's masks
+        for k, call in enumerate(editor.calls):
+            assert [b["masks"] for b in call[1]] == [[s["masks"][k]] for s in sessions if k < len(s["masks"])]
+    else:
+        assert editor.calls[0][1] == sessions
+    args = ["eval", "synthetic", "-o", str(tmp_path / "x"), "--benchmark", str(bench)]
+    r = runner.invoke(main, args + ["--results", str(tmp_path / "gen"), "--true-masks"])
+    assert r.exit_code == 2 and "need --model" in r.stderr
+    r = runner.invoke(main, args + ["--model", "m", "--true-masks", "--chain", "next"])
+    assert r.exit_code == 2 and "pass one of them" in r.stderr
+    r = runner.invoke(main, args + ["--model", "m", "--true-masks"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "x" / "report.json").read_text())["config"]["true_masks"] is True
+    assert editor.calls[-1][1][0]["masks"] == sessions[0]["masks"]
 
 
 def test_generation_with_the_real_edit(bench, tmp_path):

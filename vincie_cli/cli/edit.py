@@ -98,6 +98,13 @@ def session_options(fn: Any) -> Any:
             "edited images or of the first input.",
         ),
         click.option(
+            "--current-mask",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Current-frame mask (white = what the edit changes) for the one new turn, instead of the model's "
+            "prediction; the size of the edited images or of the first input.",
+        ),
+        click.option(
             "--drag",
             default=None,
             metavar="DX,DY[,SCALE[,ANGLE]]",
@@ -252,9 +259,16 @@ def run_session_command(kw: dict[str, Any], images: tuple[Path, ...], default_ro
     resume, from_turn, out_dir = kw["resume"], kw["from_turn"], kw["out_dir"]
     if from_turn is not None and resume is None:
         raise UsageError("--from-turn needs --resume SESSION")
-    if (kw["mask"] is not None or kw["drag"] is not None) and len(prompts) != 1:
-        raise UsageError("--mask and --drag control one turn: give exactly one -p (add more turns with --resume)")
-    control = TurnControl(str(kw["mask"]) if kw["mask"] is not None else None, kw["drag"])
+    one_turn = (kw["mask"], kw["drag"], kw["current_mask"])
+    if any(v is not None for v in one_turn) and len(prompts) != 1:
+        raise UsageError(
+            "--mask, --current-mask and --drag control one turn: give exactly one -p (add more turns with --resume)"
+        )
+    control = TurnControl(
+        str(kw["mask"]) if kw["mask"] is not None else None,
+        kw["drag"],
+        str(kw["current_mask"]) if kw["current_mask"] is not None else None,
+    )
 
     if resume is not None:
         if images:

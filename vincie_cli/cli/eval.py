@@ -397,6 +397,12 @@ Examples:
     help="Control: generate each session with another session's instructions, scored against its own frames "
     "(a model that reads its instructions scores lower).",
 )
+@click.option(
+    "--true-masks",
+    is_flag=True,
+    help="Mask control: give every turn the benchmark's true current and next change masks instead of "
+    "predicting them (where the edit goes is given; the model only has to make it).",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N sessions.")
 @click.option("--allow-missing", is_flag=True, help="Count missing result images as failed turns instead of stopping.")
 @handle_errors
@@ -416,6 +422,7 @@ def synthetic_cmd(
     no_context: bool,
     chain: str | None,
     swap_instructions: bool,
+    true_masks: bool,
     limit: int | None,
     allow_missing: bool,
 ) -> None:
@@ -430,8 +437,12 @@ def synthetic_cmd(
         parts = [p.strip() for p in chain.split(",") if p.strip()]
         if not parts or any(p not in ("current", "next") for p in parts):
             raise UsageError(f"--chain {chain!r}: expected current, next or current,next")
-    if model is None and (no_context or chain or swap_instructions):
-        raise UsageError("--no-context, --chain and --swap-instructions shape generation; they need --model")
+    if model is None and (no_context or chain or swap_instructions or true_masks):
+        raise UsageError(
+            "--no-context, --chain, --swap-instructions and --true-masks shape generation; they need --model"
+        )
+    if chain and true_masks:
+        raise UsageError("--chain predicts the change masks that --true-masks gives; pass one of them")
     with DirLock(out, "-eval"):
         items, folder = synthetic.load_or_make(benchmark, out, sessions, size, turns, seed_offset, limit)
         if model is not None:
@@ -441,7 +452,7 @@ def synthetic_cmd(
             settings.setdefault("resolution", int(round((w * h) ** 0.5)))
             if chain:
                 settings["chain"] = chain
-            sessions_in = synthetic.generation_sessions(items, folder, swap_instructions)
+            sessions_in = synthetic.generation_sessions(items, folder, swap_instructions, true_masks)
             res_dir = generate(model, sessions_in, out / "generated", settings, no_context)
         else:
             res_dir = Path(results)  # type: ignore[arg-type]
@@ -449,7 +460,7 @@ def synthetic_cmd(
         report["config"].update(
             {
                 "benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain,
-                "swap_instructions": swap_instructions,
+                "swap_instructions": swap_instructions, "true_masks": true_masks,
             }
         )  # fmt: skip
         report = finalize(report, name or out.resolve().name)

@@ -4,7 +4,9 @@ an `accelerate launch` (or torchrun): process r of n runs sessions r, r + n, r +
     run_sessions(model, sessions, out_dir, settings) -> list[result]
 
 Each session is {"id": str, "images": [paths], "prompts": [str, ...], optional "seed": int, optional
-"settings": {...}}; its outputs go to `<out_dir>/<id>/turn{k}.png` (k = 1..K) and `<out_dir>/<id>/session.json`.
+"settings": {...}, optional "masks": one per prompt, null or {"current": path, "next": path} (either key;
+the change masks of that turn, given instead of predicted)}; its outputs go to `<out_dir>/<id>/turn{k}.png`
+(k = 1..K) and `<out_dir>/<id>/session.json`.
 A finished session is skipped, a partly finished one continues from its last finished turn, so a re-run
 after a crash redoes only unfinished turns.
 """
@@ -19,14 +21,14 @@ from typing import Any
 
 from vincie_cli.edit.models import distributed_rank, load_model, with_model_defaults
 from vincie_cli.edit.session import SESSION_FILE, EditSession, read_session
-from vincie_cli.edit.settings import EditSettings
+from vincie_cli.edit.settings import EditSettings, TurnControl
 from vincie_cli.utils.io import BadInputError, VincieError, append_jsonl, read_jsonl
 from vincie_cli.utils.log import get_logger
 
 log = get_logger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
-SESSION_KEYS = {"id", "images", "prompts", "seed", "settings"}
+SESSION_KEYS = {"id", "images", "prompts", "seed", "settings", "masks"}
 
 
 def check_session(s: Any, where: str = "session") -> dict[str, Any]:
@@ -48,7 +50,23 @@ def check_session(s: Any, where: str = "session") -> dict[str, Any]:
         raise BadInputError(f"{where} {sid}: 'seed' must be an integer")
     if "settings" in s and not isinstance(s["settings"], dict):
         raise BadInputError(f"{where} {sid}: 'settings' must be an object")
+    if "masks" in s:
+        masks = s["masks"]
+        if not (isinstance(masks, list) and len(masks) == len(prompts) and all(map(_mask_entry, masks))):
+            raise BadInputError(
+                f"{where} {sid}: 'masks' must hold one entry per prompt, each null or "
+                '{"current": path, "next": path} (either key)'
+            )
     return s
+
+
+def _mask_entry(m: Any) -> bool:
+    """null, or {"current": path, "next": path} with at least one of the keys."""
+    if m is None:
+        return True
+    if not isinstance(m, dict) or not m or not set(m) <= {"current", "next"}:
+        return False
+    return all(isinstance(p, (str, os.PathLike)) for p in m.values())
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -63,6 +81,11 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
         seen.add(s["id"])
         s = dict(s)
         s["images"] = [str(p) if Path(p).is_absolute() else str(base / p) for p in s["images"]]
+        if "masks" in s:
+            s["masks"] = [
+                None if m is None else {k: str(p) if Path(p).is_absolute() else str(base / p) for k, p in m.items()}
+                for m in s["masks"]
+            ]
         sessions.append(s)
     if not sessions:
         raise BadInputError(f"{path}: the manifest holds no sessions")
@@ -170,8 +193,16 @@ def _run_one(model, s: dict[str, Any], done: int, out: Path, base: EditSettings,
         sess = EditSession.open(model, out / SESSION_FILE, _changed(settings, out))
     else:
         sess = EditSession.create(model, s["images"], out, settings)
-    sess.run(s["prompts"][done:], on_turn=tag)
+    masks = s.get("masks") or [None] * len(s["prompts"])
+    controls = [
+        TurnControl(mask=_str(m.get("next")), current_mask=_str(m.get("current"))) if m else None for m in masks
+    ]
+    sess.run(s["prompts"][done:], controls[done:], on_turn=tag)
     return {"id": s["id"], "status": "done", "dir": str(out), "images": _images(out)}
+
+
+def _str(path: Any) -> str | None:
+    return None if path is None else str(path)
 
 
 def _changed(settings: EditSettings, out: Path) -> dict[str, Any]:

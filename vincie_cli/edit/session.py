@@ -342,14 +342,14 @@ class EditSession:
             if s.template != self.settings.template:
                 raise UsageError(f"turn {k}: --no-template must be the same for every turn of a session")
             drag = parse_drag(control.drag)
-            control = TurnControl(control.mask, drag)
-            if control.mask is not None:
-                mask_path = Path(control.mask)
-                load_mask(mask_path, self.frame_size, self.inputs.original_size, s.resolution, s.aspect)
+            control = TurnControl(control.mask, drag, control.current_mask)
+            for given in (control.mask, control.current_mask):
+                if given is not None:
+                    load_mask(Path(given), self.frame_size, self.inputs.original_size, s.resolution, s.aspect)
             spec = TurnSpec(
                 prompt,
                 s.camera_prefix,
-                src_mask="current" in s.chain or drag is not None,
+                src_mask="current" in s.chain or drag is not None or control.current_mask is not None,
                 dst_mask="next" in s.chain or control.mask is not None or drag is not None,
             )
             if s.keep_outside is not None and not (spec.src_mask or spec.dst_mask):
@@ -436,8 +436,11 @@ class EditSession:
         for f in own:
             key = keys[f]
             role = key[0]
-            if role == "mask_next" and (p.control.mask is not None or p.control.drag is not None):
-                mask = self._supplied_mask(p, keys)
+            supplied = (role == "mask_next" and (p.control.mask is not None or p.control.drag is not None)) or (
+                role == "mask_current" and p.control.current_mask is not None
+            )
+            if supplied:
+                mask = self._supplied_mask(p, role)
                 masks.append(mask.cpu())
                 written[role] = self._write_png(key, mask_png(mask))
                 t0 = time.perf_counter()
@@ -476,6 +479,10 @@ class EditSession:
             "chain": list(s.chain),
             "mask": written["mask_next"] if p.control.mask is not None else None,
             "mask_source": str(Path(p.control.mask).resolve()) if p.control.mask is not None else None,
+            "current_mask": written["mask_current"] if p.control.current_mask is not None else None,
+            "current_mask_source": (
+                str(Path(p.control.current_mask).resolve()) if p.control.current_mask is not None else None
+            ),
             "drag": p.control.drag.to_list() if p.control.drag is not None else None,
             "image": image_rel,
             "masks": {r.removeprefix("mask_"): v for r, v in written.items() if r != "image"},
@@ -509,10 +516,12 @@ class EditSession:
             return x.add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         return np.asarray(load_image(self.out_dir / ROLE_FILES[key[0]].format(k=key[1])).convert("RGB"))
 
-    def _supplied_mask(self, p: _Planned, keys: list[FrameKey]) -> Tensor:
-        if p.control.mask is not None:
-            s = p.settings
-            return load_mask(p.control.mask, self.frame_size, self.inputs.original_size, s.resolution, s.aspect)
+    def _supplied_mask(self, p: _Planned, role: str) -> Tensor:
+        """The (H, W) bool mask of `role` that the turn's control gives (a file, or the dragged current mask)."""
+        s = p.settings
+        given = p.control.current_mask if role == "mask_current" else p.control.mask
+        if given is not None:
+            return load_mask(given, self.frame_size, self.inputs.original_size, s.resolution, s.aspect)
         current = self.out_dir / ROLE_FILES["mask_current"].format(k=p.turn)
         return drag_mask(binarize(to_tensor(load_image(current)).mul(2).sub(1)), p.control.drag)
 
@@ -708,12 +717,11 @@ def _copy_session_files(record: dict[str, Any], src: Path, dst: Path) -> None:
 
 
 def turn_controls(turn: dict[str, Any], session_dir: Path) -> TurnControl:
-    """The control of a recorded turn, for replay (the recorded mask is the processed copy in the session)."""
+    """The control of a recorded turn, for replay (the recorded masks are the processed copies in the session)."""
+    current = str(session_dir / turn["current_mask"]) if turn.get("current_mask") else None
     if turn.get("mask"):
-        return TurnControl(mask=str(session_dir / turn["mask"]))
-    if turn.get("drag"):
-        return TurnControl(drag=parse_drag(turn["drag"]))
-    return TurnControl()
+        return TurnControl(mask=str(session_dir / turn["mask"]), current_mask=current)
+    return TurnControl(drag=parse_drag(turn["drag"]) if turn.get("drag") else None, current_mask=current)
 
 
 def replay(

@@ -237,10 +237,12 @@ def parse_drag(value: str | list | tuple | Drag | None) -> Drag | None:
 
 @dataclass
 class TurnControl:
-    """Per-turn control of one new turn: a user-supplied next-frame mask file, or a drag of the current mask."""
+    """Per-turn control of one new turn: a user-supplied next-frame mask file, or a drag of the current mask;
+    and/or a user-supplied current mask file (what the edit changes; a drag then moves that one)."""
 
     mask: str | None = None
     drag: Drag | None = None
+    current_mask: str | None = None
 
     def __post_init__(self) -> None:
         if self.mask is not None and self.drag is not None:

@@ -61,7 +61,10 @@ def generate(
             prev = s["images"][-1] if k == 1 else turn_image(out, s["id"], k - 1)
             if prev is None:
                 continue  # the previous turn failed to produce an image
-            batch.append({"id": f"{s['id']}__turn{k}", "images": [str(prev)], "prompts": [s["prompts"][k - 1]]})
+            one = {"id": f"{s['id']}__turn{k}", "images": [str(prev)], "prompts": [s["prompts"][k - 1]]}
+            if s.get("masks"):
+                one["masks"] = [s["masks"][k - 1]]
+            batch.append(one)
         if not batch:
             continue
         log.info("generating turn %d of %d without context (%d sessions)", k, n_turns, len(batch))

@@ -62,8 +62,14 @@ def load_or_make(
     return (items[:limit] if limit else items), folder
 
 
-def generation_sessions(items: list[Any], folder: Path, swap_instructions: bool = False) -> list[dict[str, Any]]:
+def generation_sessions(
+    items: list[Any], folder: Path, swap_instructions: bool = False, true_masks: bool = False
+) -> list[dict[str, Any]]:
     """What `vincie edit` runs: each session's start frame and its instructions.
+
+    true_masks: every turn gets the benchmark's true change masks as its current and next masks (mask
+    control: where the edit goes is given, the model only has to make it; a background change's cover the
+    frame); a turn saved without masks would be generated as usual.
 
     swap_instructions: the instruction control. Session i gets the instructions of session i + n // 2 (turn k
     takes that session's instruction k, cycling when it has fewer turns) while it is still scored against its
@@ -78,7 +84,15 @@ def generation_sessions(items: list[Any], folder: Path, swap_instructions: bool 
         if swap_instructions:
             other = items[(i + max(1, n // 2)) % n].instructions
             prompts = [other[k % len(other)] for k in range(len(prompts))]
-        out.append({"id": s.id, "images": [str(folder / "images" / s.id / "start.png")], "prompts": prompts})
+        session = {"id": s.id, "images": [str(folder / "images" / s.id / "start.png")], "prompts": prompts}
+        if true_masks:
+            session["masks"] = [
+                {"current": str(folder / "masks" / s.id / f"turn{k}_src.png"),
+                 "next": str(folder / "masks" / s.id / f"turn{k}_dst.png")}
+                if t.roe.src is not None else None
+                for k, t in enumerate(s.turns, 1)
+            ]  # fmt: skip
+        out.append(session)
     return out
 
 
