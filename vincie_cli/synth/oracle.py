@@ -245,7 +245,7 @@ def annotate_states(a: SceneState, b: SceneState, size: tuple[int, int] = (256, 
     }
 
 
-def annotate_pair(gt, t0: float, t1: float, seed: int = 0) -> dict:
+def annotate_pair(gt, t0: float, t1: float, seed: int | str = 0) -> dict:
     """The annotation for the frames of `gt` (a GroundTruth) shown at times t0 and t1 (seconds)."""
     return annotate_states(gt.state_at(t0), gt.state_at(t1), gt.size, seed)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 from vincie_cli.annotate.backends.base import Backend, PairRequest, Reply
@@ -50,6 +51,10 @@ class OracleBackend(Backend):
         out = []
         for req in requests:
             gt = self._ground_truth(req.source)
-            ann = annotate_pair(gt, req.times[0], req.times[1], seed=self.seed)
+            # the phrasing is drawn per pair (a VLM words every pair its own way); one seed for every pair
+            # would give every instruction of a kind the same template
+            ident = gt.seed if gt.seed is not None else Path(req.source).name
+            seed = f"{self.seed}:{ident}:{req.times[0]:.4f}:{req.times[1]:.4f}"
+            ann = annotate_pair(gt, req.times[0], req.times[1], seed=seed)
             out.append(Reply(text=json.dumps(ann, ensure_ascii=False)))
         return out
