@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.annotate.test_runner import records
+from vincie_cli.annotate.backends.oracle import phrase_seed
 from vincie_cli.cli import main
 from vincie_cli.records import normalize_annotation, validate_clip
 from vincie_cli.utils.io import read_jsonl
@@ -45,7 +46,7 @@ def test_oracle_annotations_match_the_ground_truth(runner, synth_videos, tmp_pat
             assert np.abs(img - want).mean() < 4.0
         for tr in rec["transitions"]:
             t0, t1 = times[tr["src"]], times[tr["dst"]]
-            seed = f"0:{gt.seed}:{t0:.4f}:{t1:.4f}"  # the phrasing is drawn per pair
+            seed = phrase_seed(0, gt, rec["source"], t0, t1)  # the phrasing is drawn per pair
             expected = normalize_annotation(oracle.annotate_pair(gt, t0, t1, seed=seed))
             assert tr["annotation"] == expected
             assert tr["attempts"] == 1

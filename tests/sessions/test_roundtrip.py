@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vincie_cli.annotate.backends.oracle import phrase_seed
 from vincie_cli.cli import main
 from vincie_cli.records import resolve_path
 from vincie_cli.sessions import SessionDataset
@@ -75,7 +76,7 @@ def test_synthetic_round_trip(tmp_path, runner):
             exact = gt.render_frame(gt.frame_index(times[k]))
             assert np.abs(frame.astype(int) - exact).mean() < 8  # only the H.264 round trip differs
         for k in range(s.num_turns):
-            ann = annotate_pair(gt, times[k], times[k + 1])
+            ann = annotate_pair(gt, times[k], times[k + 1], seed=phrase_seed(0, gt, str(video), times[k], times[k + 1]))
             assert s.texts[k] == ann["summary_change"]
             assert s.cameras[k] == ann["camera_change"]["motion"]
             truth = roe_masks(gt, times[k], times[k + 1])

@@ -16,6 +16,13 @@ from vincie_cli.annotate.backends.base import Backend, PairRequest, Reply
 from vincie_cli.utils.io import BadInputError
 
 
+def phrase_seed(seed: int, gt: Any, source: str, t0: float, t1: float) -> str:
+    """The seed of one pair's wording: a VLM words every pair its own way, and one seed for every pair
+    would give every instruction of a kind the same template (the video's seed, else its file name)."""
+    ident = gt.seed if gt.seed is not None else Path(source).name
+    return f"{seed}:{ident}:{t0:.4f}:{t1:.4f}"
+
+
 class OracleBackend(Backend):
     name = "oracle"
     model = "synth-oracle"
@@ -51,10 +58,7 @@ class OracleBackend(Backend):
         out = []
         for req in requests:
             gt = self._ground_truth(req.source)
-            # the phrasing is drawn per pair (a VLM words every pair its own way); one seed for every pair
-            # would give every instruction of a kind the same template
-            ident = gt.seed if gt.seed is not None else Path(req.source).name
-            seed = f"{self.seed}:{ident}:{req.times[0]:.4f}:{req.times[1]:.4f}"
+            seed = phrase_seed(self.seed, gt, req.source, *req.times)
             ann = annotate_pair(gt, req.times[0], req.times[1], seed=seed)
             out.append(Reply(text=json.dumps(ann, ensure_ascii=False)))
         return out
