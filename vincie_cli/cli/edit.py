@@ -116,8 +116,8 @@ def session_options(fn: Any) -> Any:
             type=int,
             default=None,
             metavar="PIXELS",
-            help="Outside the turn's change masks (grown by PIXELS) keep the edited image's pixels exactly; "
-            "needs --chain, --mask or --drag.",
+            help="Outside the turn's change masks (grown by PIXELS) the edited image keeps the turn's input "
+            "pixels exactly; needs --chain, --mask, --current-mask or --drag.",
         ),
         click.option(
             "--fit",

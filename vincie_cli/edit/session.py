@@ -355,7 +355,8 @@ class EditSession:
             if s.keep_outside is not None and not (spec.src_mask or spec.dst_mask):
                 raise UsageError(
                     f"turn {k}: --keep-outside keeps the pixels outside the turn's change masks, and this turn has "
-                    "none: add --chain current,next (the model predicts them), --mask FILE or --drag"
+                    "none: add --chain current,next (the model predicts them), --mask FILE, --current-mask FILE "
+                    "or --drag"
                 )
             planned.append(_Planned(k, prompt, control, s, spec))
         # the turn table bounds the text segments of every round
