@@ -22,6 +22,8 @@ def test_gpu_mini_smoke_runs_every_stage_and_resumes(tmp_path):
     assert len(list((out / "synth").glob("*.mp4"))) == 6 and (out / "sessions" / "index.json").is_file()
     done = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines() if '"done"' in x]
     assert done[-1]["step"] == 2 and (out / "run" / "latest").read_text().strip() == "step-00000002"
+    recipe = (out / "run" / "step-00000002" / "recipe.yaml").read_text()  # the package's last stage: t = 1000 only
+    assert "timestep_dist: grid" in recipe and "timestep_grid_steps: 1" in recipe and "csp: 0.3" in recipe
     for r in ("tune", "ctx", "noctx"):
         assert f"== {r} " in first.stdout
         report = json.loads((out / "eval" / r / "report.json").read_text())

@@ -12,7 +12,9 @@
 # Environment: VIDEOS (6000 training videos), TRAIN_S (training seconds, 420), STEPS (step cap, 20000), TOKENS
 # (tokens per batch, 49152), LR (1e-3), INIT (a model folder to start from; default: from scratch), SETS (more
 # "--set k=v" words for vincie train), TUNE (tuning first turns, 300), BENCH (held-out sessions, 50), JOBS
-# (parallel processes, nproc), VINCIE (the command, default vincie). Re-running with the same OUT reuses
+# (parallel processes, nproc), VINCIE (the command, default vincie), GRID (sampling steps: train only at the
+# timesteps of that many steps' grid and score with as many steps, as the packaged model's last stage did, 1;
+# 0 trains on the recipe's shifted timesteps and scores with 2 steps). Re-running with the same OUT reuses
 # each finished stage (the data stages resume; training continues from OUT/run/latest).
 set -euo pipefail
 OUT=${1:?usage: tools/gpu_mini.sh OUT}
@@ -24,7 +26,7 @@ if [[ -n ${SMOKE:-} ]]; then
     TURNS=2 DEVICE=cpu
 fi
 VIDEOS=${VIDEOS:-6000} TRAIN_S=${TRAIN_S:-420} STEPS=${STEPS:-20000} TOKENS=${TOKENS:-49152} LR=${LR:-1e-3}
-TUNE=${TUNE:-300} BENCH=${BENCH:-50} TURNS=${TURNS:-5} DEVICE=${DEVICE:-auto}
+TUNE=${TUNE:-300} BENCH=${BENCH:-50} TURNS=${TURNS:-5} DEVICE=${DEVICE:-auto} GRID=${GRID:-1}
 mkdir -p "$OUT"
 say() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 t0=$SECONDS
@@ -46,18 +48,24 @@ say "data ready after $((SECONDS - t0)) s: $(tr -d '\n ' < "$OUT/sessions/stats.
 
 TRAIN=(--set "data.sources=[$OUT/sessions]" --set train.precision=bf16 --set "train.tokens_per_batch=$TOKENS"
     --set "train.max_time=$TRAIN_S" --set "train.max_steps=$STEPS" --set "optim.lr=$LR" --set optim.warmup_steps=200
-    --set train.checkpoint_every=1000000 --set eval.every=0 --set log.every=50 --set data.num_workers=4)
+    --set train.checkpoint_every=1000000 --set eval.every=0 --set log.every=50 --set data.num_workers=4
+    --set tasks.loss_weights.csp=0.3 --set tasks.loss_weights.nsp=0.3)
+SAMPLE_STEPS=2
+if [[ $GRID -gt 0 ]]; then
+    TRAIN+=(--set flow.timestep_dist=grid --set "flow.timestep_grid_steps=$GRID")
+    SAMPLE_STEPS=$GRID
+fi
 [[ -n ${INIT:-} ]] && TRAIN+=(--set "model.init=$INIT")
 [[ -n ${SMOKE:-} ]] && TRAIN+=(--set optim.warmup_steps=1 --set log.every=1)
 RESUME=()
 [[ -f $OUT/run/latest ]] && RESUME=(--resume)
-say "train mini: ${TRAIN_S} s or $STEPS steps, $TOKENS tokens per batch, lr $LR${INIT:+, from $INIT}"
+say "train mini: ${TRAIN_S} s or $STEPS steps, $TOKENS tokens per batch, lr $LR, grid $GRID${INIT:+, from $INIT}"
 # shellcheck disable=SC2086
 $V train recipes/mini.yaml --out-dir "$OUT/run" "${RESUME[@]}" "${TRAIN[@]}" ${SETS:-} > "$OUT/train.jsonl" 2> "$OUT/train.log"
 CK="$OUT/run/$(cat "$OUT/run/latest")"
 say "trained: $(grep '"event": *"done"' "$OUT/train.jsonl" | tail -n 1 | cut -c1-300)"
 
-G=(--model "$CK" --device "$DEVICE" --gen-set steps=2 --gen-set shift=3.0 --gen-set guidance=1.0)
+G=(--model "$CK" --device "$DEVICE" --gen-set "steps=$SAMPLE_STEPS" --gen-set shift=3.0 --gen-set guidance=1.0)
 mkdir -p "$OUT/eval"
 say "eval: $TUNE tuning first turns (seed offset 500)"
 $V eval synthetic -o "$OUT/eval/tune" --sessions "$TUNE" --size 64 --turns 1 --seed-offset 500 "${G[@]}" \
