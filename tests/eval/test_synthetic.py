@@ -206,9 +206,12 @@ def test_true_masks_are_given_per_turn(bench, tmp_path, monkeypatch, runner, no_
     assert r.exit_code == 2 and "need --model" in r.stderr
     r = runner.invoke(main, args + ["--model", "m", "--true-masks", "--chain", "next"])
     assert r.exit_code == 2 and "pass one of them" in r.stderr
-    r = runner.invoke(main, args + ["--model", "m", "--true-masks"])
+    gen = ["--gen-set", "steps=1", "--gen-set", "keep_outside=2"]
+    r = runner.invoke(main, args + ["--model", "m", "--true-masks"] + gen)
     assert r.exit_code == 0, r.stderr
-    assert json.loads((tmp_path / "x" / "report.json").read_text())["config"]["true_masks"] is True
+    config = json.loads((tmp_path / "x" / "report.json").read_text())["config"]
+    assert config["true_masks"] is True
+    assert config["generation"] == {"seed": 0, "device": "auto", "steps": 1, "keep_outside": 2, "resolution": 64}
     assert editor.calls[-1][1][0]["masks"] == sessions[0]["masks"]
 
 

@@ -461,6 +461,7 @@ def synthetic_cmd(
             {
                 "benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain,
                 "swap_instructions": swap_instructions, "true_masks": true_masks,
+                "generation": settings if model is not None else None,  # --gen-set words, seed, device
             }
         )  # fmt: skip
         report = finalize(report, name or out.resolve().name)
