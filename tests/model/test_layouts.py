@@ -11,6 +11,7 @@ from vincie_cli.model.layouts import (
     CLEAN,
     NOISY,
     TEXT,
+    ContextDegrade,
     LayoutSpec,
     dense_mask,
     make_denoiser,
@@ -231,6 +232,59 @@ def test_source_condition_puts_the_edited_image_in_the_target_channels(attention
         torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
     )  # fmt: skip
     assert torch.all(plain[-1].vid[-H * W :, C:] == 0)
+
+
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_degraded_context_shows_later_images_drifted_and_keeps_clean_targets(attention):
+    """ContextDegrade: every image after the first reaches later targets faded and noised (context copy and
+    source channels alike); the first image, the mask frames and every loss target stay clean."""
+    lat, states = session(4)
+    lens = [s.shape[0] + 1 for s in states]
+    hidden = [False] * F
+    times = {j: 500.0 for j in (1, 2, 3, 4)}
+    spec = LayoutSpec("paper", attention, "interleaved", "source")
+
+    def build(degrade):
+        return training_samples(
+            spec, lat, hidden, [1, 2, 3, 4], TASKS, lens, times, torch.Generator().manual_seed(0), (2, 2),
+            WEIGHTS, degrade=degrade,
+        )  # fmt: skip
+
+    plain, off, on = build(None), build(ContextDegrade(prob=0.0)), build(ContextDegrade(1.0, noise=0.5, fade=0.5))
+    for a, b in zip(plain, off):  # probability 0 draws nothing: the same samples as without
+        assert torch.equal(a.vid, b.vid)
+    for a, b in zip(plain, on):  # every loss target is the clean latent
+        assert all(torch.equal(x[3], y[3]) for x, y in zip(a.loss, b.loss))
+    frames = {0: lat[0], 1: lat[1], 2: lat[2], 3: lat[3]}  # frame 4 is a mask target, never context
+
+    def context_rows(samples, f):  # clean frame f as the last target (frame 4) sees it
+        return (samples[-1] if attention == "full" else samples[0]).vid[f * H * W : (f + 1) * H * W, :C]
+
+    for f, z in frames.items():
+        got = context_rows(on, f)
+        if f in (0, 2):  # the first image and a mask frame: untouched
+            torch.testing.assert_close(got, z.reshape(-1, C))
+        else:  # images 1 and 3: z + a (mean - z) + n eps
+            assert (got - z.reshape(-1, C)).abs().max() > 1e-3
+    # target 4 (a mask) is edited from image 3: its source channels carry the same degraded frame
+    rows = on[-1].vid[-H * W :] if attention == "full" else on[0].vid[(4 + 3) * H * W : (4 + 4) * H * W]
+    torch.testing.assert_close(rows[:, C : 2 * C], context_rows(on, 3))
+    # target 1's source is the first image: clean
+    rows1 = on[0].vid[-H * W :] if attention == "full" else on[0].vid[4 * H * W : 5 * H * W]
+    torch.testing.assert_close(rows1[:, C : 2 * C], lat[0].reshape(-1, C))
+
+
+def test_context_degrade_fades_toward_the_mean_and_adds_noise():
+    z = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0)) + 2.0
+    faded = ContextDegrade(1.0, noise=0.0, fade=1.0).apply(z, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    torch.rand((), generator=g)  # whether to degrade
+    frac = float(torch.rand(2, generator=g)[0])  # the fade drawn for this frame, in [0, 1)
+    mean = z.mean(dim=(0, 1), keepdim=True)
+    torch.testing.assert_close(faded, z + frac * (mean - z), atol=1e-5, rtol=0)
+    assert torch.equal(ContextDegrade(0.0).apply(z, torch.Generator()), z)
+    noisy = ContextDegrade(1.0, noise=1.0, fade=0.0).apply(z, torch.Generator().manual_seed(1))
+    assert 0 < (noisy - z).std() < 1.0 and torch.allclose(noisy.mean(), z.mean(), atol=0.5)
 
 
 @pytest.mark.parametrize("attention", ["full", "block_causal"])

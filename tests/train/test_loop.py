@@ -301,6 +301,22 @@ def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
     assert set(packed.row_timesteps()[packed.loss_rows].unique().tolist()) <= {750.0, 1000.0}
 
 
+def test_degrade_context_reaches_the_packed_inputs_and_leaves_targets_clean(tiny_recipe, shards, tmp_path):
+    """tasks.degrade_context: the same batch and generator seed pack the same loss targets, but the inputs
+    differ (later images seen drifted); with 0 the inputs are those of a recipe without the setting."""
+    sets = ["model.condition=source", "train.max_steps=1"]
+    packs = {}
+    for p in ("0.0", "1.0"):
+        state = L.setup(recipe(tiny_recipe, shards, *sets, f"tasks.degrade_context={p}"), tmp_path / p)
+        state.lock.release()
+        batch = state.batcher.next_batch()
+        assert any(sum(p.comp.tasks[j - 1] == "nip" for j in p.comp.targets) >= 2 for p in batch)  # 2+ images
+        packs[p] = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    off, on = packs["0.0"], packs["1.0"]
+    assert off.vid.shape == on.vid.shape and not torch.equal(off.vid, on.vid)
+    torch.testing.assert_close(off.target, on.target)  # eps - x0 of the clean latents (the same noise)
+
+
 def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe, shards, tmp_path):
     """flow.changed_share: the image targets' per-position losses are weighted by the packed row weights (mean
     1 per target); `target_loss(..., row_weights=False)` gives the plain loss of the same batch."""

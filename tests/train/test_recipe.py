@@ -45,6 +45,10 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
         load_recipe(bad)
     with pytest.raises(UsageError, match=r"tasks\.roe_prob: expected a probability"):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.roe_prob=1.5"])
+    with pytest.raises(UsageError, match=r"tasks\.degrade_context: expected a probability"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.degrade_context=2"])
+    with pytest.raises(UsageError, match=r"tasks\.degrade_fade: expected in \[0, 1\]"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.degrade_fade=1.5"])
     with pytest.raises(UsageError, match=r"model\.attention: expected one of"):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["model.attention=causal"])
 

@@ -389,6 +389,29 @@ def source_frame(j: int, is_image: Sequence[bool], hidden: Sequence[bool]) -> in
     return None
 
 
+@dataclass(frozen=True)
+class ContextDegrade:
+    """Train on context images the way inference makes them: every image after a session's first is, at
+    inference, the model's own output and drifts (colours fade, noise builds up) turn after turn. With
+    probability `prob` each such frame is shown to later targets as z + a (mean(z) - z) + n eps, a ~ U(0, fade),
+    n ~ U(0, noise) (mean over positions, per channel): the context copy and the source channels see it, the
+    loss still targets the clean latent. The first image stays clean, so a model that can read its context
+    learns to restore what an edit keeps from it."""
+
+    prob: float = 0.0
+    noise: float = 0.1
+    fade: float = 0.3
+
+    def apply(self, z: Tensor, generator: torch.Generator) -> Tensor:
+        """z: (h, w, C) clean latent -> the degraded (h, w, C), or z itself (probability 1 - prob)."""
+        if self.prob <= 0 or float(torch.rand((), generator=generator)) >= self.prob:
+            return z
+        a, n = (torch.rand(2, generator=generator) * torch.tensor([self.fade, self.noise])).tolist()
+        eps = torch.randn(z.shape, generator=generator)
+        zf = z.float()
+        return (zf + a * (zf.mean(dim=(0, 1), keepdim=True) - zf) + n * eps).to(z.dtype)
+
+
 def training_samples(
     spec: LayoutSpec,
     latents: Sequence[Tensor],
@@ -402,6 +425,8 @@ def training_samples(
     task_weights: dict[str, float],
     context_weight: float = 0.0,
     changed_threshold: float | None = None,
+    degrade: ContextDegrade | None = None,
+    degrade_generator: torch.Generator | None = None,
 ) -> list[DitSample]:
     """The DiT samples that train one composed session under `spec`.
 
@@ -410,19 +435,24 @@ def training_samples(
     (turn embedding included); times: timestep per target in [0, 1000]. Noise comes from `generator`.
     changed_threshold: mark the positions each image target changed (`flow.loss.changed_positions`, against
     the latest visible image before it, whatever `spec.condition`; all of them when there is none); None: no
-    marks.
+    marks. degrade: how later targets see the image frames after the first (`ContextDegrade`, its draws from
+    `degrade_generator`, default `generator`); None: clean.
     """
     F_ = len(latents)
     h, w, c = latents[0].shape
-    known = [None if hidden[f] else latents[f] for f in range(F_)]
     out: list[DitSample] = []
     is_image = [f == 0 or tasks[f - 1] in ("nip", "label") for f in range(F_)]
+    seen = list(latents)  # what targets see of each frame; losses target `latents`
+    if degrade is not None and degrade.prob > 0:
+        dg = degrade_generator or generator
+        seen = [degrade.apply(z, dg) if is_image[f] and f > 0 else z for f, z in enumerate(latents)]
+    known = [None if hidden[f] else seen[f] for f in range(F_)]
 
     def source(j: int) -> Tensor | None:
         if spec.condition != "source":
             return None
         f = source_frame(j, is_image, hidden)
-        return None if f is None else latents[f]
+        return None if f is None else seen[f]
 
     def noise() -> Tensor:
         return torch.randn(h, w, c, generator=generator)
@@ -455,7 +485,7 @@ def training_samples(
     causal = spec.attention == "block_causal"
     if causal:
         last = max(targets)
-        clean = [(f, latents[f]) for f in range(last) if not hidden[f]]
+        clean = [(f, seen[f]) for f in range(last) if not hidden[f]]
         noisy, loss = [], []
         for j in targets:
             eps = noise()
@@ -479,7 +509,7 @@ def training_samples(
     for j in targets:
         eps = noise()
         x0 = latents[j].float()
-        clean = [(f, latents[f]) for f in range(j) if not hidden[f]]
+        clean = [(f, seen[f]) for f in range(j) if not hidden[f]]
         x_t = add_noise(x0, eps, torch.tensor(times[j]))
         s = _paper_sample(
             clean, [(j, x_t, times[j], source(j))], list(range(j)), step_lens, j + 1, spec, patch, causal=False

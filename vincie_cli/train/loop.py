@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vincie_cli.model.layouts import GROUPS, LayoutSpec, pack_samples, run_dit, training_samples
+from vincie_cli.model.layouts import GROUPS, ContextDegrade, LayoutSpec, pack_samples, run_dit, training_samples
 from vincie_cli.train.batching import Prepared, Preparer, TokenBatcher
 from vincie_cli.train.checkpoint import (
     STATE_FORMAT,
@@ -542,12 +542,14 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
         times = [float(timestep)] * n_targets
     samples, owners, k = [], [], 0
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
+    degrade = ContextDegrade(r.tasks.degrade_context, r.tasks.degrade_noise, r.tasks.degrade_fade)
+    dgen = torch.Generator().manual_seed(_seed(gen.initial_seed(), "degrade"))  # leaves the noise draws as they are
     for i, (p, lat) in enumerate(zip(batch, latents)):
         tmap = {j: times[k + n] for n, j in enumerate(p.comp.targets)}
         k += len(p.comp.targets)
         for s in training_samples(
             state.spec, lat, p.comp.hidden, p.comp.targets, p.comp.tasks, p.step_lens, tmap, gen,
-            state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold,
+            state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold, degrade, dgen,
         ):  # fmt: skip
             samples.append(s)
             owners.append(i)

@@ -116,10 +116,19 @@ class TasksSection:
     loss_weights: dict[str, float] = field(default_factory=lambda: {"nip": 1.0, "csp": 1.0, "nsp": 1.0})
     context_loss_weight: float = 0.0  # released layout: loss weight on the (noised) context frames
     max_targets: int = 0  # released layout / full attention: targets per session (0 = all), drawn at random
+    # show later targets each image after the first degraded with this probability, as inference's own
+    # outputs drift: faded toward its mean by up to degrade_fade, noise of std up to degrade_noise (latent
+    # units); losses still target the clean latents (layouts.ContextDegrade). 0 = off
+    degrade_context: float = 0.0
+    degrade_noise: float = 0.1
+    degrade_fade: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ("roe_prob", "drop_current_frame", "drop_current_mask", "drop_next_mask", "text_dropout"):
             _prob(getattr(self, name), f"tasks.{name}")
+        _prob(self.degrade_context, "tasks.degrade_context")
+        _check(self.degrade_noise >= 0, "tasks.degrade_noise", f"expected >= 0, got {self.degrade_noise}")
+        _check(0 <= self.degrade_fade <= 1, "tasks.degrade_fade", f"expected in [0, 1], got {self.degrade_fade}")
         unknown = sorted(set(self.loss_weights) - set(TASKS))
         _check(not unknown, "tasks.loss_weights", f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
         for k, v in self.loss_weights.items():
