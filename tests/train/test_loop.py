@@ -366,3 +366,32 @@ def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(
     assert layout["source_sigma"] == 0.4 and LayoutSpec.of(layout).source_sigma == 0.4
     with pytest.raises(UsageError, match=r"model\.source_sigma: expected > 0"):
         recipe(tiny_recipe, shards, "model.source_sigma=0")
+
+
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("flags\t\t: avx2 avx512f avx512_bf16\n")
+    assert L.cpu_has_native_bf16(avx2) is False
+    assert L.cpu_has_native_bf16(amx) is True
+    assert L.cpu_has_native_bf16(zen4) is True
+    assert L.cpu_has_native_bf16(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_bf16_on_a_cpu_without_it_warns(tiny_recipe, shards, tmp_path, monkeypatch, native):
+    said: list[str] = []
+    monkeypatch.setattr(L, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(L.log, "warning", lambda msg, *a: said.append(msg % a if a else msg))
+    monkeypatch.setattr(L.torch.cuda, "is_available", lambda: False)
+    L._accelerator(recipe(tiny_recipe, shards, "train.precision=bf16"), tmp_path)
+    warned = [m for m in said if "train.precision bf16" in m]
+    assert len(warned) == (1 if native is False else 0)
+    if warned:
+        assert "train.precision=fp32" in warned[0]
+    said.clear()
+    L._accelerator(recipe(tiny_recipe, shards, "train.precision=fp32"), tmp_path)
+    assert not [m for m in said if "train.precision bf16" in m]

@@ -269,9 +269,29 @@ class _Trainer(nn.Module):
         return run_dit(self.dit, packed)
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); None where /proc/cpuinfo is unreadable."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _accelerator(recipe: Recipe, out_dir: Path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+
+    if recipe.train.precision == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
+        # measured (docs/training.md): AVX2-only EPYC, mini, 0.014 steps/s bf16 against 0.21 fp32
+        log.warning(
+            "train.precision bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated here, about 15x slower "
+            "than fp32; use --set train.precision=fp32"
+        )
 
     if AcceleratorState._shared_state:  # an earlier run in this process (tests): keep the process group
         AcceleratorState._reset_state()
