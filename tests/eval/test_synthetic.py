@@ -117,6 +117,7 @@ class OracleEditor:
         self.frames = {
             t.instruction: bench / "images" / s.id / f"turn{k}.png" for s in items for k, t in enumerate(s.turns, 1)
         }
+        self.masks = {t.instruction: t.roe for s in items for t in s.turns}  # written with chain-of-editing
         self.calls = []
 
     def __call__(self, model, sessions, out_dir, settings):
@@ -125,6 +126,10 @@ class OracleEditor:
             for k, p in enumerate(s["prompts"], 1):
                 (out_dir / s["id"]).mkdir(parents=True, exist_ok=True)
                 shutil.copy(self.frames[p], out_dir / s["id"] / f"turn{k}.png")
+                roe = self.masks[p]
+                if settings.get("chain") and roe is not None and roe.src is not None:
+                    Image.fromarray(roe.src).save(out_dir / s["id"] / f"turn{k}_mask_current.png")
+                    Image.fromarray(roe.dst).save(out_dir / s["id"] / f"turn{k}_mask_next.png")
 
 
 @pytest.mark.parametrize("no_context", [False, True])
@@ -136,6 +141,7 @@ def test_generation_through_run_sessions(bench, tmp_path, monkeypatch, no_contex
     out = gen_mod.generate("ckpt", sessions, tmp_path / "gen", {"seed": 3, "chain": "current,next"}, no_context)
     report = synthetic.run_synthetic(items, out, tmp_path / "run")
     assert report["metrics"]["success_rate"] == [1.0, 1.0, 1.0]
+    assert report["summary"]["turns_with_masks"] > 0 and report["metrics"]["iou_src"][0] == 1.0  # masks kept
     if not no_context:
         assert (
             len(editor.calls) == 1 and editor.calls[0][1] == sessions and editor.calls[0][2]["chain"] == "current,next"

@@ -43,7 +43,7 @@ def generate(
 
     no_context: each turn edits only the previous turn's output, without the session history
     (paper §4.4's chained baseline): turn k runs as one-turn sessions `<id>__turn{k}` under
-    `<out_dir>/_turns/`, whose outputs are copied to `<out_dir>/<id>/turn{k}.png`.
+    `<out_dir>/_turns/`, whose outputs (and chain-of-editing masks) are copied to `<out_dir>/<id>/turn{k}...`.
     """
     run_sessions = _run_sessions()
     out = Path(out_dir)
@@ -75,6 +75,10 @@ def generate(
                 log.warning("%s: no image for turn %d", b["id"], k)
                 continue
             sid = b["id"].rsplit("__turn", 1)[0]
+            # chain-of-editing's predicted masks come along, so the scorer's mask IoU covers this baseline too
+            for mask in sorted(made.parent.glob("turn1_mask_*")):
+                with atomic_path(out / sid / mask.name.replace("turn1_", f"turn{k}_", 1)) as tmp:
+                    shutil.copyfile(mask, tmp)
             with atomic_path(out / sid / f"turn{k}{made.suffix}") as tmp:
                 shutil.copyfile(made, tmp)
     return out
