@@ -274,6 +274,36 @@ def test_degraded_context_shows_later_images_drifted_and_keeps_clean_targets(att
     torch.testing.assert_close(rows1[:, C : 2 * C], lat[0].reshape(-1, C))
 
 
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_seen_frames_replace_what_later_targets_see_and_keep_clean_targets(attention):
+    """seen_frames (tasks.self_context): later targets see the given frame in its context copy and source
+    channels; the other frames and every loss target stay as they are; a wrong shape is refused."""
+    lat, states = session(5)
+    lens = [s.shape[0] + 1 for s in states]
+    hidden = [False] * F
+    times = {j: 1000.0 for j in (1, 2, 3, 4)}
+    spec = LayoutSpec("paper", attention, "interleaved", "source")
+    mine = torch.full_like(lat[3], 0.25)
+
+    def build(seen):
+        return training_samples(
+            spec, lat, hidden, [1, 2, 3, 4], TASKS, lens, times, torch.Generator().manual_seed(0), (2, 2),
+            WEIGHTS, seen_frames=seen,
+        )  # fmt: skip
+
+    plain, on = build(None), build({3: mine})
+    for a, b in zip(plain, on):
+        assert all(torch.equal(x[3], y[3]) and torch.equal(x[4], y[4]) for x, y in zip(a.loss, b.loss))
+    last = on[-1] if attention == "full" else on[0]
+    plain_last = plain[-1] if attention == "full" else plain[0]
+    torch.testing.assert_close(last.vid[3 * H * W : 4 * H * W, :C], mine.reshape(-1, C))  # the context copy
+    torch.testing.assert_close(last.vid[: 3 * H * W], plain_last.vid[: 3 * H * W])  # frames 0-2 untouched
+    rows = last.vid[-H * W :] if attention == "full" else last.vid[(4 + 3) * H * W : (4 + 4) * H * W]
+    torch.testing.assert_close(rows[:, C : 2 * C], mine.reshape(-1, C))  # target 4's source channels
+    with pytest.raises(BadInputError, match=r"seen_frames\[3\]: shape"):
+        build({3: mine[:2]})
+
+
 def test_context_degrade_fades_toward_the_mean_and_adds_noise():
     z = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0)) + 2.0
     faded = ContextDegrade(1.0, noise=0.0, fade=1.0).apply(z, torch.Generator().manual_seed(5))

@@ -301,20 +301,50 @@ def test_training_timesteps_follow_the_recipe(tiny_recipe, shards, tmp_path):
     assert set(packed.row_timesteps()[packed.loss_rows].unique().tolist()) <= {750.0, 1000.0}
 
 
+def state_and_batch(tiny_recipe, shards, out, *sets):
+    """A set-up loop (lock released) and its first batch, which has a session with two or more images."""
+    state = L.setup(recipe(tiny_recipe, shards, "model.condition=source", "train.max_steps=1", *sets), out)
+    state.lock.release()
+    batch = state.batcher.next_batch()
+    assert any(sum(q.comp.tasks[j - 1] == "nip" for j in q.comp.targets) >= 2 for q in batch)
+    return state, batch
+
+
 def test_degrade_context_reaches_the_packed_inputs_and_leaves_targets_clean(tiny_recipe, shards, tmp_path):
     """tasks.degrade_context: the same batch and generator seed pack the same loss targets, but the inputs
     differ (later images seen drifted); with 0 the inputs are those of a recipe without the setting."""
-    sets = ["model.condition=source", "train.max_steps=1"]
     packs = {}
     for p in ("0.0", "1.0"):
-        state = L.setup(recipe(tiny_recipe, shards, *sets, f"tasks.degrade_context={p}"), tmp_path / p)
-        state.lock.release()
-        batch = state.batcher.next_batch()
-        assert any(sum(p.comp.tasks[j - 1] == "nip" for j in p.comp.targets) >= 2 for p in batch)  # 2+ images
+        state, batch = state_and_batch(tiny_recipe, shards, tmp_path / p, f"tasks.degrade_context={p}")
         packs[p] = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
     off, on = packs["0.0"], packs["1.0"]
     assert off.vid.shape == on.vid.shape and not torch.equal(off.vid, on.vid)
     torch.testing.assert_close(off.target, on.target)  # eps - x0 of the clean latents (the same noise)
+
+
+def test_self_context_shows_later_targets_the_models_own_outputs(tiny_recipe, shards, tmp_path):
+    """tasks.self_context: a model whose velocity is exact at t = 1000 returns the clean frames, so the pack
+    equals the one without the setting (the rows and the x0 conversion line up); a model that outputs zeros
+    returns pure noise there, which later targets then see, while the loss targets stay clean."""
+    state, batch = state_and_batch(tiny_recipe, shards, tmp_path / "off")
+    off = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    state, batch = state_and_batch(tiny_recipe, shards, tmp_path / "on", "tasks.self_context=1.0")
+    calls = []
+
+    def exact(packed):
+        calls.append(packed)
+        out = torch.zeros(packed.vid.shape[0], packed.target.shape[1])
+        out[packed.loss_rows] = packed.target  # eps - x0: the true velocity
+        return out
+
+    state.trainer = exact
+    same = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    assert len(calls) == 1 and set(calls[0].row_timesteps()[calls[0].loss_rows].tolist()) == {1000.0}
+    torch.testing.assert_close(same.vid, off.vid, atol=1e-5, rtol=0)
+    state.trainer = lambda packed: torch.zeros(packed.vid.shape[0], packed.target.shape[1])
+    noise = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    assert noise.vid.shape == off.vid.shape and (noise.vid - off.vid).abs().max() > 0.5
+    torch.testing.assert_close(noise.target, off.target)
 
 
 def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe, shards, tmp_path):

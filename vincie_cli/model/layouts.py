@@ -427,6 +427,7 @@ def training_samples(
     changed_threshold: float | None = None,
     degrade: ContextDegrade | None = None,
     degrade_generator: torch.Generator | None = None,
+    seen_frames: dict[int, Tensor] | None = None,
 ) -> list[DitSample]:
     """The DiT samples that train one composed session under `spec`.
 
@@ -435,17 +436,24 @@ def training_samples(
     (turn embedding included); times: timestep per target in [0, 1000]. Noise comes from `generator`.
     changed_threshold: mark the positions each image target changed (`flow.loss.changed_positions`, against
     the latest visible image before it, whatever `spec.condition`; all of them when there is none); None: no
-    marks. degrade: how later targets see the image frames after the first (`ContextDegrade`, its draws from
-    `degrade_generator`, default `generator`); None: clean.
+    marks. seen_frames: {frame: (h, w, C)} what later targets see of those frames instead of their clean
+    latents (context copy and source channels; `tasks.self_context` gives the model's own outputs); the
+    losses still target `latents`. degrade: how later targets see the image frames after the first
+    (`ContextDegrade`, applied after `seen_frames`, its draws from `degrade_generator`, default
+    `generator`); None: clean.
     """
     F_ = len(latents)
     h, w, c = latents[0].shape
     out: list[DitSample] = []
     is_image = [f == 0 or tasks[f - 1] in ("nip", "label") for f in range(F_)]
     seen = list(latents)  # what targets see of each frame; losses target `latents`
+    for f, z in (seen_frames or {}).items():
+        if z.shape != latents[f].shape:
+            raise BadInputError(f"seen_frames[{f}]: shape {tuple(z.shape)}, expected {tuple(latents[f].shape)}")
+        seen[f] = z
     if degrade is not None and degrade.prob > 0:
         dg = degrade_generator or generator
-        seen = [degrade.apply(z, dg) if is_image[f] and f > 0 else z for f, z in enumerate(latents)]
+        seen = [degrade.apply(z, dg) if is_image[f] and f > 0 else z for f, z in enumerate(seen)]
     known = [None if hidden[f] else seen[f] for f in range(F_)]
 
     def source(j: int) -> Tensor | None:

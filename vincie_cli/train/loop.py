@@ -564,17 +564,72 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
     degrade = ContextDegrade(r.tasks.degrade_context, r.tasks.degrade_noise, r.tasks.degrade_fade)
     dgen = torch.Generator().manual_seed(_seed(gen.initial_seed(), "degrade"))  # leaves the noise draws as they are
+    own: list[dict[int, Tensor]] = [{} for _ in batch]
+    if r.tasks.self_context > 0 and timestep is None:
+        sgen = torch.Generator().manual_seed(_seed(gen.initial_seed(), "self"))  # its own draws, as degrade's
+        chosen = [i for i in range(len(batch)) if float(torch.rand((), generator=sgen)) < r.tasks.self_context]
+        own = own_outputs(state, batch, latents, step_states, chosen, sgen)
+    backend = "flex" if dev.type == "cuda" else "dense"
     for i, (p, lat) in enumerate(zip(batch, latents)):
         tmap = {j: times[k + n] for n, j in enumerate(p.comp.targets)}
         k += len(p.comp.targets)
         for s in training_samples(
             state.spec, lat, p.comp.hidden, p.comp.targets, p.comp.tasks, p.step_lens, tmap, gen,
-            state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold, degrade, dgen,
+            state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold, degrade, dgen, own[i],
         ):  # fmt: skip
             samples.append(s)
             owners.append(i)
-    backend = "flex" if dev.type == "cuda" else "dense"
     return pack_samples(samples, step_states, owners, state.spec, dev, backend, changed_share=f.changed_share)
+
+
+@torch.no_grad()
+def own_outputs(
+    state: TrainState,
+    batch: list[Prepared],
+    latents: list[list[Tensor]],
+    step_states: list[list[Tensor]],
+    chosen: list[int],
+    gen: torch.Generator,
+) -> list[dict[int, Tensor]]:
+    """`tasks.self_context`: per session of `batch`, {frame: (h, w, C)} the model's own one-step output for
+    each image target that a later target sees, in the chosen sessions ({} for the others).
+
+    One packed forward without gradient: every target noised to t = 1000 (pure noise, `gen`'s draws), each
+    seeing the clean frames before it, so frame j's output is x̂0 = what a 1-step sampler returns for turn j
+    after a clean history. Many-step samplers produce sharper images than this one-step estimate."""
+    from vincie_cli.flow.schedule import T_MAX, add_noise, x0_from_v
+
+    out: list[dict[int, Tensor]] = [{} for _ in batch]
+    samples, owners, frames = [], [], []
+    for i in chosen:
+        p, lat = batch[i], latents[i]
+        targets = p.comp.targets
+        images = [j for j in targets if p.comp.tasks[j - 1] == "nip" and j < max(targets)]
+        if not images:
+            continue  # no image target that a later one sees
+        tmap = {j: float(T_MAX) for j in targets}
+        for s in training_samples(
+            state.spec, lat, p.comp.hidden, targets, p.comp.tasks, p.step_lens, tmap, gen,
+            state.preparer.patch, {}, 0.0,
+        ):  # fmt: skip
+            samples.append(s)
+            owners.append(i)
+        frames += [(i, j, j in images) for j in targets]  # the loss entries come in target order
+    if not samples:
+        return out
+    dev = state.device
+    packed = pack_samples(samples, step_states, owners, state.spec, dev, "flex" if dev.type == "cuda" else "dense")
+    with state.accelerator.autocast():
+        v = state.trainer(packed).float()
+    loss = [entry for s in samples for entry in s.loss]
+    assert len(loss) == len(frames), "one loss entry per target"
+    rows = packed.loss_rows.split([entry[3].shape[0] for entry in loss])  # pack_samples' order
+    for (i, j, keep), (_, _, _, x0, eps, _), r in zip(frames, loss, rows):
+        if keep:
+            x_t = add_noise(x0.to(dev), eps.to(dev), float(T_MAX))
+            h, w, c = latents[i][j].shape
+            out[i][j] = x0_from_v(x_t, v[r], float(T_MAX)).reshape(h, w, c).cpu()
+    return out
 
 
 def batch_flops(config, packed) -> float:

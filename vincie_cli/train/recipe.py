@@ -122,11 +122,17 @@ class TasksSection:
     degrade_context: float = 0.0
     degrade_noise: float = 0.1
     degrade_fade: float = 0.3
+    # show later targets, with this probability per session, the model's own outputs for the session's images
+    # after the first instead of the clean frames: each predicted in one step from t = 1000 given the clean
+    # frames before it (no gradient), what a 1-step sampler returns at inference; losses still target the
+    # clean latents (loop.own_outputs). Costs one more forward per step. 0 = off
+    self_context: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("roe_prob", "drop_current_frame", "drop_current_mask", "drop_next_mask", "text_dropout"):
             _prob(getattr(self, name), f"tasks.{name}")
         _prob(self.degrade_context, "tasks.degrade_context")
+        _prob(self.self_context, "tasks.self_context")
         _check(self.degrade_noise >= 0, "tasks.degrade_noise", f"expected >= 0, got {self.degrade_noise}")
         _check(0 <= self.degrade_fade <= 1, "tasks.degrade_fade", f"expected in [0, 1], got {self.degrade_fade}")
         unknown = sorted(set(self.loss_weights) - set(TASKS))
