@@ -16,6 +16,17 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_script(relpath: str):
+    """Import a script of the repository that is not a package module (benchmarks/*.py, tools/*.py)."""
+    import importlib.util
+
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def parity_dir() -> Path:
     """The parity fixture set: $VINCIE_PARITY_DIR, else ../shared/parity next to the repository."""
     env = os.environ.get("VINCIE_PARITY_DIR")

@@ -1,16 +1,12 @@
 """Docs stay true: the CLI reference matches --help, and every docs page linked from the README exists."""
 
-import importlib.util
 import re
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location("gen_cli_docs", REPO / "tools" / "gen_cli_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/gen_cli_docs.py")
 
 
 def test_cli_reference_is_current():

@@ -3,7 +3,6 @@ than the rest of the image."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "change_focus.py"
 
@@ -28,10 +27,7 @@ def bench(tmp_path_factory):
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("change_focus", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/change_focus.py")
 
 
 def test_exact_frames_focus_on_the_edit_and_noise_does_not(bench, tmp_path):

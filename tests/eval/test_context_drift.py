@@ -3,7 +3,6 @@ residual that grows turn by turn; a missing result ends its session."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "context_drift.py"
 
@@ -28,10 +27,7 @@ def bench(tmp_path_factory):
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("context_drift", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/context_drift.py")
 
 
 def test_exact_frames_do_not_drift_and_a_growing_fade_does(bench, tmp_path):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_gpu_bench_tiny_runs_on_cpu(capsys):

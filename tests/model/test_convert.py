@@ -260,13 +260,10 @@ def test_output_folder_rules(runner, release, tmp_path):
 def test_convert_benchmark_release_is_loadable(tmp_path, capsys):
     """The benchmark's random release (released VAE shapes, sharded QWen stand-in) converts and loads."""
     import argparse
-    import importlib.util
 
-    from tests.conftest import REPO
+    from tests.conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_convert", REPO / "benchmarks" / "bench_convert.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_convert.py")
     args = argparse.Namespace(tiny=True, dim=64, layers=2, mm_layers=1, qwen_hidden=64, qwen_layers=2)
     info = bench.write_release(tmp_path / "rel", args)
     assert info["params"]["dit"] > 0 and info["bytes"]["dit.pth"] > 4 * info["params"]["dit"]

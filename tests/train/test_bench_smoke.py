@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def test_bench_train_gpu_section_runs_tiny_on_cpu():
@@ -20,7 +20,6 @@ def test_bench_train_gpu_section_runs_tiny_on_cpu():
 
 
 def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
-    import importlib.util
 
     from tests.train.helpers import tiny_overrides
     from vincie_cli.train import loop as L
@@ -29,9 +28,7 @@ def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
     sets = ["model.prediction=x0_source", "flow.loss=x0", "train.max_steps=2", "train.checkpoint_every=2"]
     L.train(load_recipe(REPO / "recipes" / "tiny.yaml", tiny_overrides(shards) + sets), out_dir=tmp_path)
     ckpt = tmp_path / (tmp_path / "latest").read_text().strip()
-    spec = importlib.util.spec_from_file_location("lbt", REPO / "benchmarks" / "loss_by_timestep.py")
-    lbt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lbt)
+    lbt = load_script("benchmarks/loss_by_timestep.py")
     run = lambda seed: lbt.loss_by_timestep(str(ckpt), (0.5, 1.0), batches=1, seed=seed, zero=True)  # noqa: E731
     a, b = run(0), run(1)
     blank = lbt.loss_by_timestep(str(ckpt), (1.0,), batches=1, no_text=True)[0]
