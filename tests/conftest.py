@@ -16,8 +16,9 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(relpath: str):
-    """Import a script of the repository that is not a package module (benchmarks/*.py, tools/*.py)."""
+def load_script(relpath: str | Path):
+    """Import a script of the repository that is not a package module (benchmarks/*.py, tools/*.py); relpath
+    is relative to the repository root (an absolute path is taken as it is)."""
     import importlib.util
 
     path = REPO / relpath

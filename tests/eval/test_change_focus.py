@@ -27,7 +27,7 @@ def bench(tmp_path_factory):
 
 
 def _module():
-    return load_script("benchmarks/change_focus.py")
+    return load_script(SCRIPT)
 
 
 def test_exact_frames_focus_on_the_edit_and_noise_does_not(bench, tmp_path):

@@ -27,31 +27,33 @@ def bench(tmp_path_factory):
 
 
 def _module():
-    return load_script("benchmarks/context_drift.py")
+    return load_script(SCRIPT)
 
 
 def test_exact_frames_do_not_drift_and_a_growing_fade_does(bench, tmp_path):
-    exact = _module().context_drift(bench, bench / "images")
+    drift = _module().context_drift
+    exact = drift(bench, bench / "images")
     assert [r["turn"] for r in exact] == [1, 2, 3] and all(r["sessions"] == 4 for r in exact)
     assert all(r["median_abs"] == 0 and r["near"] == 1 and r["mean_shift"] == 0 for r in exact), exact
 
     faded = tmp_path / "faded"
-    for sid_dir in sorted((bench / "images").iterdir()):
+    sessions = sorted((bench / "images").iterdir())
+    for sid_dir in sessions:
         (faded / sid_dir.name).mkdir(parents=True)
         for k in range(1, 4):
-            if sid_dir.name == sorted(p.name for p in (bench / "images").iterdir())[0] and k == 3:
+            if sid_dir == sessions[0] and k == 3:
                 continue  # one session stops after turn 2
             img = np.asarray(Image.open(sid_dir / f"turn{k}.png").convert("RGB"), dtype=np.float64)
             img = np.full_like(img, 250.0) * 0.2 * k + img * (1 - 0.2 * k)  # toward white, more each turn
             Image.fromarray(np.round(img).astype(np.uint8)).save(faded / sid_dir.name / f"turn{k}.png")
-    rows = _module().context_drift(bench, faded)
+    rows = drift(bench, faded)
     assert [r["sessions"] for r in rows] == [4, 4, 3]
     med = [r["median_abs"] for r in rows]
     near = [r["near"] for r in rows]
     assert med[0] > 0 and med[0] < med[1] < med[2], rows
     assert near[0] > near[1] > near[2] and near[2] < 0.9, rows
     assert all(r["mean_shift"] > 0 for r in rows), rows  # toward white: every residual is positive
-    loose = _module().context_drift(bench, faded, near=2.0)
+    loose = drift(bench, faded, near=2.0)
     assert all(r["near"] == 1 for r in loose)
 
 
