@@ -46,6 +46,13 @@ def test_scores_per_turn_with_masks(bench, tmp_path):
     scores = [json.loads(x) for x in (tmp_path / "run/scores.jsonl").read_text().splitlines()]
     assert scores[1]["turns"][1]["success"] is False and scores[1]["turns"][1]["reason"]
     assert scores[1]["turns"][1]["edit_ok"] is False and scores[0]["turns"][1]["edit_ok"] is True
+    # object by object: b's turn 2 (a background change) returned the start frame, which undoes turn 1's
+    # resize, so from turn 2 on that object is kept at the wrong size; every object a turn changes is right
+    assert [t.kind for t in items[1].turns[:2]] == ["resize", "background"]
+    assert m["edited_right"] == [1.0] * 3 and m["kept_intact"] == [1.0, 0.75, 0.6667]
+    kept = [o["ok"] for sc in scores for t in sc["turns"] for o in t["objects"] if o["role"] == "kept"]
+    assert report["summary"]["kept_objects_intact"] == round(sum(kept) / len(kept), 4) < 1
+    assert report["summary"]["edited_objects_right"] == 1.0
     # per edit kind: b's turn 2 did nothing, so its kind is not always right
     kinds = report["by_kind"]
     assert sum(v["turns"] for v in kinds.values()) == 6

@@ -73,8 +73,12 @@ def test_exact_frames_score_100_and_doing_nothing_scores_0(bench64, size):
     assert [r["success_rate"] for r in table] == [1.0] * 5
     assert all(r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) for r in table)
     assert all(r["iou_dst"] == 1.0 and r["iou_src"] == 1.0 for r in table)
+    assert all(r["edited_right"] == 1.0 and r["kept_intact"] == 1.0 for r in table)
     nothing = [score_session(s, [s.start_image] * 5) for s in sessions]
     assert all(r["success_rate"] == 0.0 and r["turn_success_rate"] == 0.0 for r in aggregate(nothing))
+    # object by object at turn 1: nothing the instruction changes is right, everything it keeps is intact
+    first = aggregate(nothing)[0]
+    assert first["edited_right"] == 0.0 and first["kept_intact"] == 1.0, first
     # each turn alone: the model returns its input unchanged -> that turn fails
     judge = TurnJudge(sessions[0].size)
     for s in sessions:

@@ -140,7 +140,7 @@ def find_mask(results: Path, sid: str, turn: int, role: str, listed: dict[tuple[
 
 def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing: bool = False) -> dict[str, Any]:
     """Score a results folder with the synthetic world's scorer; per-session details go to `<out_dir>/scores.jsonl`."""
-    from vincie_cli.synth.scorer import aggregate, by_kind, score_session
+    from vincie_cli.synth.scorer import aggregate, by_kind, object_share, score_session
 
     if not results.is_dir():
         raise BadInputError(f"{results}: results folder not found")
@@ -190,8 +190,9 @@ def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing:
         log.warning("%s", w)
     write_jsonl(out_dir / "scores.jsonl", [sc.to_dict() for sc in scores])
     rows = aggregate(scores)
+    every_turn = [t for sc in scores for t in sc.turns]
     n_turns = len(rows)
-    names = ["success_rate", "turn_success_rate", "psnr", "ssim", "iou_src", "iou_dst"]
+    names = ["success_rate", "turn_success_rate", "psnr", "ssim", "iou_src", "iou_dst", "edited_right", "kept_intact"]
     metrics = {m: [r[m] for r in rows] for m in names}
     if not with_masks:
         metrics.pop("iou_src")
@@ -208,6 +209,8 @@ def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing:
         "summary": {
             f"success_rate_turn{n_turns}": metrics["success_rate"][-1],
             "mean_successful_turns": round(sum(sc.successful_turns for sc in scores) / len(scores), 4),
+            "edited_objects_right": object_share(every_turn, changed=True),
+            "kept_objects_intact": object_share(every_turn, changed=False),
             "turns_with_masks": with_masks,
         },
         "by_kind": by_kind(scores),

@@ -675,7 +675,8 @@ def _resize_mask(m: Any, size: tuple[int, int]) -> np.ndarray:
 
 def aggregate(scores: Sequence[SessionScore]) -> list[dict[str, Any]]:
     """Per-turn table over sessions: cumulative success rate (MSE-Bench style), per-turn success rate
-    (each turn judged on its own input), mean PSNR / SSIM / mask IoU."""
+    (each turn judged on its own input), mean PSNR / SSIM / mask IoU, and object by object the share of the
+    objects a turn changes (edited, added, removed) that came out right and of the others left intact."""
     n_turns = max((len(s.turns) for s in scores), default=0)
     rows = []
     for k in range(n_turns):
@@ -695,9 +696,18 @@ def aggregate(scores: Sequence[SessionScore]) -> list[dict[str, Any]]:
                 "ssim": mean([t.ssim for t in ts]),
                 "iou_src": mean([t.iou_src for t in ts]),
                 "iou_dst": mean([t.iou_dst for t in ts]),
+                "edited_right": object_share(ts, changed=True),
+                "kept_intact": object_share(ts, changed=False),
             }
         )
     return rows
+
+
+def object_share(turns: Sequence[TurnScore], changed: bool) -> float | None:
+    """Over every object the turns scored: the share judged `ok` among those the instruction changes
+    (`changed`: edited, added, removed) or among the ones it keeps; None when there are none."""
+    oks = [o.ok for t in turns for o in t.objects if (o.role != "kept") == changed]
+    return round(sum(oks) / len(oks), 4) if oks else None
 
 
 def by_kind(scores: Sequence[SessionScore]) -> dict[str, dict[str, Any]]:
