@@ -53,6 +53,7 @@ def test_scores_per_turn_with_masks(bench, tmp_path):
     kept = [o["ok"] for sc in scores for t in sc["turns"] for o in t["objects"] if o["role"] == "kept"]
     assert report["summary"]["kept_objects_intact"] == round(sum(kept) / len(kept), 4) < 1
     assert report["summary"]["edited_objects_right"] == 1.0
+    assert report["plot_metrics"][:3] == ["success_rate", "turn_success_rate", "kept_intact"]  # compare shows drift
     # per edit kind: b's turn 2 did nothing, so its kind is not always right
     kinds = report["by_kind"]
     assert sum(v["turns"] for v in kinds.values()) == 6

@@ -197,7 +197,8 @@ def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing:
     if not with_masks:
         metrics.pop("iou_src")
         metrics.pop("iou_dst")
-    lead = ["success_rate", "turn_success_rate", "psnr", "ssim"] + [m for m in ("iou_dst", "iou_src") if m in metrics]
+    lead = ["success_rate", "turn_success_rate", "kept_intact", "psnr", "ssim"]
+    lead += [m for m in ("iou_dst", "iou_src") if m in metrics]
     failures = [{"session": sid, "turns": turns, "status": "missing"} for sid, turns in incomplete.items()]
     return {
         "benchmark": "synthetic",
