@@ -274,6 +274,28 @@ def test_degraded_context_shows_later_images_drifted_and_keeps_clean_targets(att
     torch.testing.assert_close(rows1[:, C : 2 * C], lat[0].reshape(-1, C))
 
 
+def test_context_degrade_erase_blanks_one_rectangle_to_the_frame_mean():
+    z = torch.randn(8, 8, 3, generator=torch.Generator().manual_seed(0)) + 2.0
+    mean = z.mean(dim=(0, 1))
+    sizes = set()
+    for seed in range(40):
+        out = ContextDegrade(1.0, noise=0.0, fade=0.0, erase=0.5).apply(z, torch.Generator().manual_seed(seed))
+        blank = (out - mean).abs().amax(-1) < 1e-6
+        rows, cols = blank.any(1).nonzero().flatten(), blank.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert 1 <= h <= 4 and 1 <= w <= 4  # sides up to half the frame's
+        assert blank.sum() == h * w and bool(blank[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all())
+        torch.testing.assert_close(out[~blank], z[~blank])  # the rest is the frame (no fade, no noise)
+        sizes.add((h, w))
+    assert len(sizes) > 4  # the sides are drawn, not fixed
+    # the rectangle is drawn after the fade and the noise: outside it, the same frame as without erase
+    plain = ContextDegrade(1.0, 0.2, 0.3).apply(z, torch.Generator().manual_seed(3))
+    erased = ContextDegrade(1.0, 0.2, 0.3, erase=0.5).apply(z, torch.Generator().manual_seed(3))
+    same = (plain - erased).abs().amax(-1) < 1e-6
+    assert 1 <= int((~same).sum()) <= 16
+    torch.testing.assert_close(erased[same], plain[same])
+
+
 @pytest.mark.parametrize("attention", ["full", "block_causal"])
 def test_seen_frames_replace_what_later_targets_see_and_keep_clean_targets(attention):
     """seen_frames (tasks.self_context): later targets see the given frame in its context copy and source

@@ -320,6 +320,12 @@ def test_degrade_context_reaches_the_packed_inputs_and_leaves_targets_clean(tiny
     off, on = packs["0.0"], packs["1.0"]
     assert off.vid.shape == on.vid.shape and not torch.equal(off.vid, on.vid)
     torch.testing.assert_close(off.target, on.target)  # eps - x0 of the clean latents (the same noise)
+    # tasks.degrade_erase blanks a rectangle on top of the same fade: other inputs, the same targets
+    sets = ("tasks.degrade_context=1.0", "tasks.degrade_erase=0.5")
+    state, batch = state_and_batch(tiny_recipe, shards, tmp_path / "erase", *sets)
+    erased = L.make_inputs(state, batch, torch.Generator().manual_seed(3))
+    assert not torch.equal(erased.vid, on.vid)
+    torch.testing.assert_close(erased.target, on.target)
 
 
 def test_self_context_shows_later_targets_the_models_own_outputs(tiny_recipe, shards, tmp_path):

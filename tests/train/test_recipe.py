@@ -49,6 +49,8 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.degrade_context=2"])
     with pytest.raises(UsageError, match=r"tasks\.degrade_fade: expected in \[0, 1\]"):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.degrade_fade=1.5"])
+    with pytest.raises(UsageError, match=r"tasks\.degrade_erase: expected in \[0, 1\]"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.degrade_erase=-0.1"])
     with pytest.raises(UsageError, match=r"tasks\.self_context: expected a probability"):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["tasks.self_context=-0.1"])
     with pytest.raises(UsageError, match=r"model\.attention: expected one of"):

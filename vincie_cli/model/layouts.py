@@ -396,11 +396,16 @@ class ContextDegrade:
     probability `prob` each such frame is shown to later targets as z + a (mean(z) - z) + n eps, a ~ U(0, fade),
     n ~ U(0, noise) (mean over positions, per channel): the context copy and the source channels see it, the
     loss still targets the clean latent. The first image stays clean, so a model that can read its context
-    learns to restore what an edit keeps from it."""
+    learns to restore what an edit keeps from it.
+
+    Fading loses little: a model can undo it from the frame alone. `erase` (a share of each side, 0 = off)
+    also blanks one rectangle of the degraded frame to its mean, sides drawn in [1, erase * side] positions,
+    anywhere: what was there is only in the earlier frames, so only a model that reads them can restore it."""
 
     prob: float = 0.0
     noise: float = 0.1
     fade: float = 0.3
+    erase: float = 0.0
 
     def apply(self, z: Tensor, generator: torch.Generator) -> Tensor:
         """z: (h, w, C) clean latent -> the degraded (h, w, C), or z itself (probability 1 - prob)."""
@@ -409,7 +414,16 @@ class ContextDegrade:
         a, n = (torch.rand(2, generator=generator) * torch.tensor([self.fade, self.noise])).tolist()
         eps = torch.randn(z.shape, generator=generator)
         zf = z.float()
-        return (zf + a * (zf.mean(dim=(0, 1), keepdim=True) - zf) + n * eps).to(z.dtype)
+        mean = zf.mean(dim=(0, 1), keepdim=True)
+        out = zf + a * (mean - zf)
+        if self.erase > 0:
+            h, w = z.shape[:2]
+            bh, bw = (max(1, round(self.erase * side)) for side in (h, w))
+            eh, ew = (int(torch.randint(1, b + 1, (), generator=generator)) for b in (bh, bw))
+            y0 = int(torch.randint(0, h - eh + 1, (), generator=generator))
+            x0 = int(torch.randint(0, w - ew + 1, (), generator=generator))
+            out[y0 : y0 + eh, x0 : x0 + ew] = mean[0, 0]
+        return (out + n * eps).to(z.dtype)
 
 
 def training_samples(

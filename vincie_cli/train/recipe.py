@@ -122,6 +122,9 @@ class TasksSection:
     degrade_context: float = 0.0
     degrade_noise: float = 0.1
     degrade_fade: float = 0.3
+    # ... and blank one rectangle of each degraded frame to its mean, sides up to this share of the frame's
+    # (layouts.ContextDegrade.erase): what it held is only in the earlier frames. 0 = off
+    degrade_erase: float = 0.0
     # show later targets, with this probability per session, the model's own outputs for the session's images
     # after the first instead of the clean frames: each predicted in one step from t = 1000 given the clean
     # frames before it (no gradient), what a 1-step sampler returns at inference; losses still target the
@@ -135,6 +138,7 @@ class TasksSection:
         _prob(self.self_context, "tasks.self_context")
         _check(self.degrade_noise >= 0, "tasks.degrade_noise", f"expected >= 0, got {self.degrade_noise}")
         _check(0 <= self.degrade_fade <= 1, "tasks.degrade_fade", f"expected in [0, 1], got {self.degrade_fade}")
+        _check(0 <= self.degrade_erase <= 1, "tasks.degrade_erase", f"expected in [0, 1], got {self.degrade_erase}")
         unknown = sorted(set(self.loss_weights) - set(TASKS))
         _check(not unknown, "tasks.loss_weights", f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
         for k, v in self.loss_weights.items():
