@@ -4,12 +4,14 @@
     python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --zero     # and a network that outputs 0
     python benchmarks/loss_by_timestep.py runs/mini/step-00002000 --no-text  # and with every text blanked
 
-Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model.init` set to it, draws
-`--batches` training batches once, and for each t/T in `--t` runs the real loss (`train.loop.make_inputs`
-with that t, `train.loop.target_loss`, the recipe's `flow.loss`, without `flow.changed_share`'s weights so
-that runs compare) with the same noise. Prints one JSON line per t with the loss per task (nip: images,
-csp / nsp: masks), and the images' loss split into the positions their edit changed (`nip_changed`: mean
-squared difference from the source image above `flow.changed_threshold`) and the rest (`nip_kept`).
+Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model.init` set to it and
+`train.seed` set to 0 (the seed composes the batches, so checkpoints of runs with different seeds are scored
+on the same ones; `--set train.seed=N` draws others), draws `--batches` training batches once, and for each
+t/T in `--t` runs the real loss (`train.loop.make_inputs` with that t, `train.loop.target_loss`, the recipe's
+`flow.loss`, without `flow.changed_share`'s weights so that runs compare) with the same noise. Prints one JSON
+line per t with the loss per task (nip: images, csp / nsp: masks), and the images' loss split into the
+positions their edit changed (`nip_changed`: mean squared difference from the source image above
+`flow.changed_threshold`) and the rest (`nip_kept`).
 `--zero` adds the loss of a network whose output is all zeros: for `prediction: x0_source` that is the
 linear guess, which at t = T is the source image unchanged; a model that scores worse than that at high t
 has not learned the edits (docs/training.md, "Loss and timesteps"). `--no-text` adds the model's loss
@@ -54,7 +56,8 @@ def loss_by_timestep(
 
     ck = Path(checkpoint)
     recipe = ck / "recipe.yaml"
-    r = load_recipe(recipe if recipe.is_file() else "mini", [f"model.init={ck}", "eval.every=0",
+    # train.seed composes the batches: pinned, so that checkpoints of runs with other seeds see the same ones
+    r = load_recipe(recipe if recipe.is_file() else "mini", [f"model.init={ck}", "train.seed=0", "eval.every=0",
                     "log.tensorboard=false", *sets])  # fmt: skip
     out = Path(tempfile.mkdtemp(prefix="loss-by-t-"))
     rows = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +43,13 @@ def test_loss_by_timestep_noises_every_target_to_the_given_t(tmp_path, shards):
     assert abs(a[1]["zero"]["nip"] - b[1]["zero"]["nip"]) < 1e-6 * a[1]["zero"]["nip"]
     assert abs(a[0]["zero"]["nip"] - b[0]["zero"]["nip"]) > 1e-4 * a[0]["zero"]["nip"]
     assert a == run(0)  # the same seed, the same numbers
+    # a run trained with another train.seed is scored on the same batches (the seed composes them)
+    other = tmp_path / "other-seed"
+    shutil.copytree(ckpt, other)
+    rec = other / "recipe.yaml"
+    rec.write_text(re.sub(r"(?m)^  seed: \d+$", "  seed: 5", rec.read_text(), count=1))
+    assert "seed: 5" in rec.read_text()
+    assert lbt.loss_by_timestep(str(other), (0.5, 1.0), batches=1, seed=0, zero=True) == a
     # the images' loss split by what their edit changed: copying the source at t = T costs nothing (below
     # the threshold) where nothing changed and everything where something did
     z = a[1]["zero"]
