@@ -97,6 +97,8 @@ def test_processes_split_the_sessions(model, sessions, tmp_path, monkeypatch):
         ({"id": "x", "images": ["a.png"], "prompts": ["p", "q"], "masks": [None]}, "'masks' must hold one entry"),
         ({"id": "x", "images": ["a.png"], "prompts": ["p"], "masks": [{"src": "m.png"}]}, "either key"),
         ({"id": "x", "images": ["a.png"], "prompts": ["p"], "masks": [{}]}, "either key"),
+        ({"id": "x", "images": ["a.png"], "prompts": ["p"], "history": [{"prompt": "q"}]}, "'history' must be"),
+        ({"id": "x", "images": ["a.png"], "prompts": ["p"], "history": {"prompt": "q", "image": "i"}}, "the given"),
     ],
 )
 def test_bad_sessions_are_named(model, tmp_path, bad, message):
@@ -123,6 +125,30 @@ def test_given_masks_per_turn(model, sessions, tmp_path):
     assert again["status"] == "skipped"
 
 
+def test_history_turns_are_given_then_the_prompts_run(model, sessions, tmp_path):
+    """ "history": turns given as images before the prompts (numbered first); a crash between the given turns
+    and the prompts resumes with the prompts; the same session re-run is skipped."""
+    made = run_sessions(model, sessions[:1], tmp_path / "made", dict(FAST, roundtrip="png"))
+    first, second = sessions[0]["prompts"]
+    s = dict(sessions[0], prompts=[second], history=[{"prompt": first, "image": made[0]["images"][0]}])
+    (res,) = run_sessions(model, [s], tmp_path / "gen", dict(FAST, roundtrip="png"))
+    rec = read_session(tmp_path / "gen" / "s1" / "session.json")
+    assert [t["prompt"] for t in rec["turns"]] == [first, second] and rec["turns"][0]["given"]
+    assert "given" not in rec["turns"][1] and res["images"][1] == str(tmp_path / "gen" / "s1" / "turn2.png")
+    # the given turn is the generated turn 1, so turn 2 is the same image
+    assert sha256_file(tmp_path / "gen" / "s1" / "turn2.png") == sha256_file(made[0]["images"][1])
+    (again,) = run_sessions(model, [s], tmp_path / "gen", FAST)
+    assert again["status"] == "skipped"
+    # stopped after the history: the prompts still run
+    (tmp_path / "gen" / "s1" / "turn2.png").unlink()
+    rec["turns"] = rec["turns"][:1]
+    (tmp_path / "gen" / "s1" / "session.json").write_text(json.dumps(rec))
+    (res,) = run_sessions(model, [s], tmp_path / "gen", dict(FAST, roundtrip="png"))
+    assert res["status"] == "done" and sha256_file(tmp_path / "gen" / "s1" / "turn2.png") == sha256_file(
+        made[0]["images"][1]
+    )
+
+
 def test_manifest_reading(tmp_path):
     (tmp_path / "imgs").mkdir()
     lines = [
@@ -131,10 +157,12 @@ def test_manifest_reading(tmp_path):
     ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     lines.append({"id": "c", "images": ["c.png"], "prompts": ["p", "q"], "masks": [{"next": "m/c.png"}, None]})
+    lines.append({"id": "d", "images": ["d.png"], "prompts": ["q"], "history": [{"prompt": "p", "image": "h/1.png"}]})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     got = read_manifest(tmp_path / "m.jsonl")
     assert got[0]["images"] == [str(tmp_path / "imgs" / "a.png")] and got[1]["images"] == ["/abs/b.png"]
     assert got[2]["masks"] == [{"next": str(tmp_path / "m" / "c.png")}, None]
+    assert got[3]["history"] == [{"prompt": "p", "image": str(tmp_path / "h" / "1.png")}]
     (tmp_path / "dup.jsonl").write_text("".join(json.dumps(lines[0]) + "\n" for _ in range(2)))
     with pytest.raises(BadInputError, match="dup.jsonl:2: duplicate session id 'a'"):
         read_manifest(tmp_path / "dup.jsonl")

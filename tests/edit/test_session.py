@@ -344,3 +344,41 @@ def test_negative_branch_modes(model, settings, image, tmp_path, monkeypatch):
     s = settings.updated(steps=1, negative_prompt="blurry")
     (rec,) = EditSession.create(model, [image], tmp_path / "d", s).run(PROMPTS[:1])
     assert rec["negative"] == "prompt" and rec["negative_prompt"] == "blurry"
+
+
+def test_given_turn_is_context_like_a_generated_one(model, settings, image, tmp_path, caplog):
+    """A turn given as an image (`give`) feeds the next turn exactly as the same image generated and read back
+    (roundtrip png) does; it is recorded as given, resumes without re-encoding warnings, and replays as given."""
+    s = settings.updated(roundtrip="png")
+    EditSession.create(model, [image], tmp_path / "made", s).run(PROMPTS[:2])
+    sess = EditSession.create(model, [image], tmp_path / "given", s)
+    rec = sess.give(PROMPTS[0], tmp_path / "made" / "turn1.png")
+    assert rec["turn"] == 1 and rec["given"] == str((tmp_path / "made" / "turn1.png").resolve())
+    assert rec["masks"] == {} and rec["sha256"] == sha256_file(tmp_path / "given" / "turn1.png")
+    (t2,) = sess.run(PROMPTS[1:2])
+    assert t2["texts"] == [edit_text(0, 1, PROMPTS[0]), edit_text(1, 2, PROMPTS[1])] and t2["context_frames"] == 2
+    assert _shas(tmp_path / "given", 2) == _shas(tmp_path / "made", 2)
+    # another image given as turn 1 changes turn 2
+    other = EditSession.create(model, [image], tmp_path / "other", s)
+    other.give(PROMPTS[0], make_image(tmp_path / "other.png", seed=3))
+    other.run(PROMPTS[1:2])
+    assert sha256_file(tmp_path / "other" / "turn2.png") != sha256_file(tmp_path / "made" / "turn2.png")
+    # latent roundtrip: the given turn is encoded from its PNG, on resume too, with no warning about it
+    caplog.clear()
+    lat = EditSession.create(model, [image], tmp_path / "lat", settings)
+    lat.give(PROMPTS[0], tmp_path / "made" / "turn1.png")
+    lat.run(PROMPTS[1:2])
+    EditSession.open(model, tmp_path / "lat").run(PROMPTS[2:3])
+    assert "no saved latents" not in caplog.text
+    results = replay(model, tmp_path / "lat" / "session.json", tmp_path / "again")
+    assert [r["matches"] for r in results] == [True, True, True]
+    assert read_session(tmp_path / "again" / "session.json")["turns"][0]["given"]
+
+
+def test_given_turn_is_checked(model, settings, image, tmp_path):
+    sess = EditSession.create(model, [image], tmp_path / "s", settings)
+    with pytest.raises(UsageError, match="is empty"):
+        sess.give(" ", image)
+    with pytest.raises(BadInputError, match="missing.png"):
+        sess.give(PROMPTS[0], tmp_path / "missing.png")
+    assert not (tmp_path / "s").exists()  # nothing written for a refused turn

@@ -121,18 +121,24 @@ class OracleEditor:
     """Stands in for `vincie_cli.edit.run_sessions`: the output for an instruction is the benchmark's
     expected frame for it; every call is recorded."""
 
-    def __init__(self, bench, items):
+    def __init__(self, bench, items, wrong=()):
         self.frames = {
             t.instruction: bench / "images" / s.id / f"turn{k}.png" for s in items for k, t in enumerate(s.turns, 1)
         }
+        for p in wrong:  # instructions it gets wrong: it returns the start frame
+            sid = next(s.id for s in items if any(t.instruction == p for t in s.turns))
+            self.frames[p] = bench / "images" / sid / "start.png"
         self.masks = {t.instruction: t.roe for s in items for t in s.turns}  # written with chain-of-editing
         self.calls = []
 
     def __call__(self, model, sessions, out_dir, settings):
         self.calls.append((model, [dict(s) for s in sessions], settings))
         for s in sessions:
-            for k, p in enumerate(s["prompts"], 1):
-                (out_dir / s["id"]).mkdir(parents=True, exist_ok=True)
+            (out_dir / s["id"]).mkdir(parents=True, exist_ok=True)
+            given = s.get("history", [])
+            for k, h in enumerate(given, 1):  # as `vincie edit` does: the given turns come first
+                shutil.copy(h["image"], out_dir / s["id"] / f"turn{k}.png")
+            for k, p in enumerate(s["prompts"], len(given) + 1):
                 shutil.copy(self.frames[p], out_dir / s["id"] / f"turn{k}.png")
                 roe = self.masks[p]
                 if settings.get("chain") and roe is not None and roe.src is not None:
@@ -229,6 +235,45 @@ def test_true_masks_are_given_per_turn(bench, tmp_path, monkeypatch, runner, no_
     assert editor.calls[-1][1][0]["masks"] == sessions[0]["masks"]
 
 
+@pytest.mark.parametrize("no_context", [False, True])
+def test_true_history_control(bench, tmp_path, monkeypatch, runner, no_context):
+    """--true-history: every turn is made from the exact frames before it (not from the model's outputs), all
+    turns at once, each as its own session; a wrong turn 1 costs only turn 1's turn success."""
+    items, folder = synthetic.load_or_make(str(bench), tmp_path, 0, 0, 0, 0)
+    sessions = synthetic.generation_sessions(items, folder)
+    frames = synthetic.true_frames(items, folder)
+    assert frames[items[0].id] == [str(folder / "images" / items[0].id / f"turn{k}.png") for k in (1, 2)]
+    wrong = [items[0].turns[0].instruction]
+    editor = OracleEditor(bench, items, wrong=wrong)
+    monkeypatch.setattr(gen_mod, "_run_sessions", lambda: editor)
+    out = gen_mod.generate("ckpt", sessions, tmp_path / "gen", {"chain": "current,next"}, no_context, frames)
+    report = synthetic.run_synthetic(items, out, tmp_path / "r2")
+    assert report["metrics"]["turn_success_rate"] == [0.5, 1.0, 1.0]  # only turn 1 of session 0 is wrong
+    assert report["metrics"]["iou_src"][1] == 1.0  # the predicted masks are collected too
+    (call,) = editor.calls  # every turn of every session in one batch
+    runs = {b["id"]: b for b in call[1]}
+    sid = items[0].id
+    assert sorted(runs) == sorted(f"{s.id}__turn{k}" for s in items for k in (1, 2, 3))
+    third = runs[f"{sid}__turn3"]
+    assert third["prompts"] == [items[0].turns[2].instruction]
+    if no_context:
+        assert third["images"] == [frames[sid][1]] and "history" not in third
+    else:
+        assert third["images"] == sessions[0]["images"]
+        assert third["history"] == [{"prompt": items[0].turns[j].instruction, "image": frames[sid][j]} for j in (0, 1)]
+    assert "history" not in runs[f"{sid}__turn1"] and runs[f"{sid}__turn1"]["images"] == sessions[0]["images"]
+    gen_mod.generate("ckpt", sessions, out, {}, no_context, frames)  # resumed: nothing left to do
+    assert len(editor.calls) == 1
+    # through the CLI: needs --model, recorded in the report's config
+    args = ["eval", "synthetic", "-o", str(tmp_path / "x"), "--benchmark", str(bench)]
+    r = runner.invoke(main, args + ["--results", str(out), "--true-history"])
+    assert r.exit_code == 2 and "need --model" in r.stderr
+    r = runner.invoke(main, args + ["--model", "m", "--true-history"] + (["--no-context"] if no_context else []))
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert report["config"]["true_history"] is True and report["metrics"]["turn_success_rate"] == [0.5, 1.0, 1.0]
+
+
 def test_generation_with_the_real_edit(bench, tmp_path):
     """End to end through the real `vincie edit` batch mode with a tiny random-weight model folder."""
     from vincie_cli.model.presets import build_model
@@ -242,3 +287,15 @@ def test_generation_with_the_real_edit(bench, tmp_path):
         assert (out / items[0].id / f"turn{k}.png").is_file()
     report = synthetic.run_synthetic(items, out, tmp_path / "run")
     assert report["n_sessions"] == 1 and len(report["metrics"]["psnr"]) == 3
+    # the exact-history control: turn 3 ran after the two exact frames, given (not generated)
+    frames = synthetic.true_frames(items, folder)
+    sessions = synthetic.generation_sessions(items, folder)
+    out = gen_mod.generate(str(ckpt), sessions, tmp_path / "true", settings, true_frames=frames)
+    sid = items[0].id
+    rec = json.loads((out / "_turns" / f"{sid}__turn3" / "session.json").read_text())
+    assert [bool(t.get("given")) for t in rec["turns"]] == [True, True, False]
+    assert [t["prompt"] for t in rec["turns"]] == [t.instruction for t in items[0].turns]
+    assert rec["turns"][0]["given"] == str(Path(frames[sid][0]).resolve())
+    for k in (1, 2, 3):
+        assert (out / sid / f"turn{k}.png").is_file()
+    assert (out / sid / "turn3.png").read_bytes() == (out / "_turns" / f"{sid}__turn3" / "turn3.png").read_bytes()

@@ -403,6 +403,12 @@ Examples:
     help="Mask control: give every turn the benchmark's true current and next change masks instead of "
     "predicting them (where the edit goes is given; the model only has to make it).",
 )
+@click.option(
+    "--true-history",
+    is_flag=True,
+    help="Control: make every turn from the benchmark's exact earlier frames instead of the model's own outputs "
+    "(turn k scores the turn-k edit alone, without the errors of the turns before it).",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N sessions.")
 @click.option("--allow-missing", is_flag=True, help="Count missing result images as failed turns instead of stopping.")
 @handle_errors
@@ -423,6 +429,7 @@ def synthetic_cmd(
     chain: str | None,
     swap_instructions: bool,
     true_masks: bool,
+    true_history: bool,
     limit: int | None,
     allow_missing: bool,
 ) -> None:
@@ -437,9 +444,10 @@ def synthetic_cmd(
         parts = [p.strip() for p in chain.split(",") if p.strip()]
         if not parts or any(p not in ("current", "next") for p in parts):
             raise UsageError(f"--chain {chain!r}: expected current, next or current,next")
-    if model is None and (no_context or chain or swap_instructions or true_masks):
+    if model is None and (no_context or chain or swap_instructions or true_masks or true_history):
         raise UsageError(
-            "--no-context, --chain, --swap-instructions and --true-masks shape generation; they need --model"
+            "--no-context, --chain, --swap-instructions, --true-masks and --true-history shape generation; "
+            "they need --model"
         )
     if chain and true_masks:
         raise UsageError("--chain predicts the change masks that --true-masks gives; pass one of them")
@@ -453,14 +461,15 @@ def synthetic_cmd(
             if chain:
                 settings["chain"] = chain
             sessions_in = synthetic.generation_sessions(items, folder, swap_instructions, true_masks)
-            res_dir = generate(model, sessions_in, out / "generated", settings, no_context)
+            frames = synthetic.true_frames(items, folder) if true_history else None
+            res_dir = generate(model, sessions_in, out / "generated", settings, no_context, frames)
         else:
             res_dir = Path(results)  # type: ignore[arg-type]
         report = synthetic.run_synthetic(items, res_dir, out, allow_missing)
         report["config"].update(
             {
                 "benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain,
-                "swap_instructions": swap_instructions, "true_masks": true_masks,
+                "swap_instructions": swap_instructions, "true_masks": true_masks, "true_history": true_history,
                 "generation": settings if model is not None else None,  # --gen-set words, seed, device
             }
         )  # fmt: skip

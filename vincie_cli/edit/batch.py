@@ -5,8 +5,9 @@ an `accelerate launch` (or torchrun): process r of n runs sessions r, r + n, r +
 
 Each session is {"id": str, "images": [paths], "prompts": [str, ...], optional "seed": int, optional
 "settings": {...}, optional "masks": one per prompt, null or {"current": path, "next": path} (either key;
-the change masks of that turn, given instead of predicted)}; its outputs go to `<out_dir>/<id>/turn{k}.png`
-(k = 1..K) and `<out_dir>/<id>/session.json`.
+the change masks of that turn, given instead of predicted), optional "history": [{"prompt": str, "image":
+path}, ...] (turns given, not generated, before the prompts: `EditSession.give`)}; its outputs go to
+`<out_dir>/<id>/turn{k}.png` (k = 1..K, the history's turns first) and `<out_dir>/<id>/session.json`.
 A finished session is skipped, a partly finished one continues from its last finished turn, so a re-run
 after a crash redoes only unfinished turns.
 """
@@ -28,7 +29,7 @@ from vincie_cli.utils.log import get_logger
 log = get_logger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
-SESSION_KEYS = {"id", "images", "prompts", "seed", "settings", "masks"}
+SESSION_KEYS = {"id", "images", "prompts", "seed", "settings", "masks", "history"}
 
 
 def check_session(s: Any, where: str = "session") -> dict[str, Any]:
@@ -57,7 +58,22 @@ def check_session(s: Any, where: str = "session") -> dict[str, Any]:
                 f"{where} {sid}: 'masks' must hold one entry per prompt, each null or "
                 '{"current": path, "next": path} (either key)'
             )
+    if "history" in s:
+        hist = s["history"]
+        if not (isinstance(hist, list) and all(map(_history_entry, hist))):
+            raise BadInputError(
+                f'{where} {sid}: \'history\' must be a list of {{"prompt": str, "image": path}} (the given turns)'
+            )
     return s
+
+
+def _history_entry(h: Any) -> bool:
+    return (
+        isinstance(h, dict)
+        and set(h) == {"prompt", "image"}
+        and isinstance(h["prompt"], str)
+        and isinstance(h["image"], (str, os.PathLike))
+    )
 
 
 def _mask_entry(m: Any) -> bool:
@@ -86,24 +102,35 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
                 None if m is None else {k: str(p) if Path(p).is_absolute() else str(base / p) for k, p in m.items()}
                 for m in s["masks"]
             ]
+        if "history" in s:
+            s["history"] = [{"prompt": h["prompt"], "image": _relative_to(base, h["image"])} for h in s["history"]]
         sessions.append(s)
     if not sessions:
         raise BadInputError(f"{path}: the manifest holds no sessions")
     return sessions
 
 
+def _relative_to(base: Path, path: str) -> str:
+    return str(path) if Path(path).is_absolute() else str(base / path)
+
+
 def _done_turns(out: Path, session: dict[str, Any]) -> int:
-    """How many of the session's prompts are already finished in `out` (raises if the folder holds another one)."""
+    """How many of the session's turns (history, then prompts) are already in `out` (raises if the folder holds
+    another session)."""
     if not (out / SESSION_FILE).is_file():
         return 0
     record = read_session(out / SESSION_FILE)
     done = [t["prompt"] for t in record["turns"]]
-    if done != session["prompts"][: len(done)]:
+    if done != _all_prompts(session)[: len(done)]:
         raise VincieError(
             f"{out}: holds a session with other prompts than session {session['id']!r} of this run; "
             "remove it or use another output folder"
         )
     return len(done)
+
+
+def _all_prompts(session: dict[str, Any]) -> list[str]:
+    return [h["prompt"] for h in session.get("history", [])] + list(session["prompts"])
 
 
 def run_sessions(
@@ -147,7 +174,7 @@ def run_sessions(
         except VincieError as e:
             results[s["id"]] = _failed(out_root, s, e, keep_going)
             continue
-        if done == len(s["prompts"]):
+        if done == len(_all_prompts(s)):
             results[s["id"]] = {"id": s["id"], "status": "skipped", "dir": str(out), "images": _images(out)}
         else:
             todo.append((s, done))
@@ -189,10 +216,14 @@ def _run_one(model, s: dict[str, Any], done: int, out: Path, base: EditSettings,
             on_turn({**rec, "session": s["id"], "dir": str(out)})
 
     if (out / SESSION_FILE).is_file():
-        log.info("%s: continuing after turn %d of %d", s["id"], done, len(s["prompts"]))
+        log.info("%s: continuing after turn %d of %d", s["id"], done, len(_all_prompts(s)))
         sess = EditSession.open(model, out / SESSION_FILE, _changed(settings, out))
     else:
         sess = EditSession.create(model, s["images"], out, settings)
+    history = s.get("history", [])
+    for h in history[done:]:
+        sess.give(h["prompt"], h["image"])
+    done = max(0, done - len(history))
     masks = s.get("masks") or [None] * len(s["prompts"])
     controls = [
         TurnControl(mask=_str(m.get("next")), current_mask=_str(m.get("current"))) if m else None for m in masks

@@ -282,7 +282,8 @@ class EditSession:
                 for k in wanted:
                     if _latent_file(k) == file and _latent_name(k) in stored:
                         self._latents[k] = stored[_latent_name(k)].float()
-        missing = [k for k in wanted if k not in self._latents and k[0] != "input"]
+        given = {t["turn"] for t in self.record["turns"] if t.get("given")}  # re-encoded from their PNGs
+        missing = [k for k in wanted if k not in self._latents and k[0] != "input" and k[1] not in given]
         if missing:
             log.warning(
                 "%s: no saved latents for %s; they are re-encoded from the PNGs, so the next turns can differ "
@@ -329,6 +330,41 @@ class EditSession:
                 if on_turn is not None:
                     on_turn(rec)
             return out
+
+    def give(self, prompt: str, image: str | os.PathLike) -> dict[str, Any]:
+        """Add a turn whose image is given instead of generated (a known history: a benchmark's exact frames,
+        another tool's output). Later turns see it as context exactly like a generated turn; its record has
+        "given": the source file, and its latent is encoded from turn{k}.png. Returns the record."""
+        k = len(self.turns) + 1
+        check_prompts([prompt], self.settings.camera_prefix, first_turn=k)
+        src = Path(image)
+        w, h = self.frame_size
+        reload_frame(src, self.inputs.original_size, (h, w), self.settings)  # checks it fits the session
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with DirLock(self.out_dir, "-edit"):
+            self._materialize()
+            rel = ROLE_FILES["image"].format(k=k)
+            with atomic_path(self.out_dir / rel) as tmp:
+                load_image(src).convert("RGB").save(tmp, format="PNG")
+            rec = {
+                "turn": k,
+                "prompt": prompt,
+                "camera_prefix": self.settings.camera_prefix,
+                "given": str(src.resolve()),
+                "image": rel,
+                "masks": {},
+                "chain": [],
+                "latents": None,
+                "sha256": sha256_file(self.out_dir / rel),
+                "size": _size(self.out_dir / rel),
+                "settings": self.settings.to_dict(),
+                "created": _now(),
+            }
+            self._latents.pop(("image", k), None)
+            self.record["turns"].append(rec)
+            self.record["updated"] = _now()
+            atomic_write_json(self.out_dir / SESSION_FILE, self.record)
+        return rec
 
     def _plan(self, prompts: list[str], controls: list[TurnControl], settings: list[EditSettings]) -> list[_Planned]:
         first = len(self.turns) + 1
@@ -744,6 +780,13 @@ def replay(
     sess = EditSession.create(model, inputs, out_dir, base.updated(seed=record.get("seed", base.seed)))
     results = []
     for t in record["turns"]:
+        if t.get("given"):
+            rec = sess.give(t["prompt"], path.parent / t["image"])
+            rec["matches"] = rec["sha256"] == t["sha256"]
+            if on_turn is not None:
+                on_turn(rec)
+            results.append(rec)
+            continue
         s = EditSettings.from_dict(overrides or {}, base=EditSettings.from_dict(t["settings"]))
         control = turn_controls(t, path.parent)
 

@@ -34,6 +34,7 @@ def generate(
     out_dir: str | Path,
     settings: dict[str, Any],
     no_context: bool = False,
+    true_frames: dict[str, list[str]] | None = None,
 ) -> Path:
     """Run editing sessions through `vincie_cli.edit.run_sessions`; return the results folder.
 
@@ -44,10 +45,18 @@ def generate(
     no_context: each turn edits only the previous turn's output, without the session history
     (paper §4.4's chained baseline): turn k runs as one-turn sessions `<id>__turn{k}` under
     `<out_dir>/_turns/`, whose outputs (and chain-of-editing masks) are copied to `<out_dir>/<id>/turn{k}...`.
+
+    true_frames: {id: [the exact image after turn 1, 2, ...]}: the exact-history control. Every turn is made
+    from the exact frames before it instead of the model's own earlier outputs (with context: the start image
+    and turns 1..k-1 given, `EditSession.give`; with no_context: the exact frame k-1 alone), so turn k scores
+    the model's turn-k edit without the errors of the turns before it. Runs as sessions `<id>__turn{k}`.
     """
     run_sessions = _run_sessions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if true_frames is not None:
+        _generate_true_history(run_sessions, model, sessions, out, settings, no_context, true_frames)
+        return out
     if not no_context:
         log.info("generating %d sessions with %s into %s", len(sessions), model, out)
         run_sessions(model, sessions, out, settings)
@@ -70,15 +79,60 @@ def generate(
         log.info("generating turn %d of %d without context (%d sessions)", k, n_turns, len(batch))
         run_sessions(model, batch, out / "_turns", settings)
         for b in batch:
-            made = turn_image(out / "_turns", b["id"], 1)
-            if made is None:
-                log.warning("%s: no image for turn %d", b["id"], k)
-                continue
-            sid = b["id"].rsplit("__turn", 1)[0]
-            # chain-of-editing's predicted masks come along, so the scorer's mask IoU covers this baseline too
-            for mask in sorted(made.parent.glob("turn1_mask_*")):
-                with atomic_path(out / sid / mask.name.replace("turn1_", f"turn{k}_", 1)) as tmp:
-                    shutil.copyfile(mask, tmp)
-            with atomic_path(out / sid / f"turn{k}{made.suffix}") as tmp:
-                shutil.copyfile(made, tmp)
+            _collect(out, b["id"], 1, k)
     return out
+
+
+def _generate_true_history(
+    run_sessions: Any,
+    model: Any,
+    sessions: list[dict[str, Any]],
+    out: Path,
+    settings: dict[str, Any],
+    no_context: bool,
+    true_frames: dict[str, list[str]],
+) -> None:
+    """`generate`'s exact-history control: every turn of every session at once, as its own session."""
+    batch, made_as = [], {}
+    for s in sessions:
+        frames = true_frames[s["id"]]
+        for k in range(1, len(s["prompts"]) + 1):
+            if turn_image(out, s["id"], k) is not None:
+                continue
+            if k > 1 and len(frames) < k - 1:
+                raise VincieError(f"session {s['id']}: no exact frame for turn {k - 1} (the exact-history control)")
+            one: dict[str, Any] = {"id": f"{s['id']}__turn{k}", "prompts": [s["prompts"][k - 1]]}
+            if no_context:
+                one["images"] = [s["images"][-1] if k == 1 else str(frames[k - 2])]
+                made_as[one["id"]] = 1
+            else:
+                one["images"] = list(s["images"])
+                if k > 1:
+                    one["history"] = [{"prompt": s["prompts"][j], "image": str(frames[j])} for j in range(k - 1)]
+                made_as[one["id"]] = k
+            if s.get("masks"):
+                one["masks"] = [s["masks"][k - 1]]
+            batch.append(one)
+    if not batch:
+        return
+    how = "from the exact frame before it" if no_context else "after the exact history"
+    log.info("generating %d turns, each %s", len(batch), how)
+    run_sessions(model, batch, out / "_turns", settings)
+    for b in batch:
+        sid, k = b["id"].rsplit("__turn", 1)
+        _collect(out, b["id"], made_as[b["id"]], int(k), sid)
+
+
+def _collect(out: Path, run_id: str, made_turn: int, turn: int, sid: str | None = None) -> None:
+    """Copy turn `made_turn` of `<out>/_turns/<run_id>` (image and predicted masks) to `<out>/<sid>/turn{turn}`."""
+    made = turn_image(out / "_turns", run_id, made_turn)
+    if made is None:
+        log.warning("%s: no image for turn %d", run_id, turn)
+        return
+    sid = sid or run_id.rsplit("__turn", 1)[0]
+    # chain-of-editing's predicted masks come along, so the scorer's mask IoU covers these runs too
+    for mask in sorted(made.parent.glob(f"turn{made_turn}_mask_*")):
+        with atomic_path(out / sid / mask.name.replace(f"turn{made_turn}_", f"turn{turn}_", 1)) as tmp:
+            shutil.copyfile(mask, tmp)
+    with atomic_path(out / sid / f"turn{turn}{made.suffix}") as tmp:
+        shutil.copyfile(made, tmp)

@@ -96,6 +96,11 @@ def generation_sessions(
     return out
 
 
+def true_frames(items: list[Any], folder: Path) -> dict[str, list[str]]:
+    """{session id: the benchmark's exact image after turns 1..K-1} (the exact-history control's context)."""
+    return {s.id: [str(folder / "images" / s.id / f"turn{k}.png") for k in range(1, len(s.turns))] for s in items}
+
+
 def _session_json_masks(results: Path, sid: str) -> dict[tuple[int, str], Path]:
     """Mask paths listed per turn in `<results>/<id>/session.json` (keys holding 'mask'), if any."""
     p = results / sid / "session.json"
