@@ -266,8 +266,9 @@ def test_true_history_control(bench, tmp_path, monkeypatch, runner, no_context):
     assert len(editor.calls) == 1
     # through the CLI: needs --model, recorded in the report's config
     args = ["eval", "synthetic", "-o", str(tmp_path / "x"), "--benchmark", str(bench)]
-    r = runner.invoke(main, args + ["--results", str(out), "--true-history"])
-    assert r.exit_code == 2 and "need --model" in r.stderr
+    r = runner.invoke(main, args + ["--results", str(out), "--true-history"])  # scoring images made that way
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "x" / "report.json").read_text())["config"]["true_history"] is True
     r = runner.invoke(main, args + ["--model", "m", "--true-history"] + (["--no-context"] if no_context else []))
     assert r.exit_code == 0, r.stderr
     report = json.loads((tmp_path / "x" / "report.json").read_text())

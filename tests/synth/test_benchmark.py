@@ -115,6 +115,30 @@ def test_by_kind_separates_the_edit_from_its_side_effects(bench64):
     assert score_session(s, [None] * 5).turns[0].edit_ok is False  # no image
 
 
+def test_exact_inputs_judge_each_turn_against_the_exact_frame_before_it(bench64):
+    """Images made from the exact earlier frames (--true-history): turn k's kept objects are judged against the
+    exact frame k-1, not against the results' turn k-1 image."""
+    for s in bench64[:10]:
+        frames = [s.start_image] + [t.image for t in s.turns]
+        sc = score_session(s, frames[1:], exact_inputs=True)
+        assert all(t.success for t in sc.turns)
+        # each turn returns the frame it was given: nothing edited, everything kept intact
+        copied = score_session(s, frames[:-1], exact_inputs=True)
+        for t in copied.turns:
+            assert all(d.ok for d in t.objects if d.role == "kept"), (s.id, t.turn, t.reason)
+            assert not t.success
+        # a wrong turn 1 does not move the reference of turn 2
+        wrong = score_session(s, [s.start_image] + frames[2:], exact_inputs=True)
+        assert not wrong.turns[0].success and all(t.success for t in wrong.turns[1:])
+        missing = score_session(s, [None] + frames[2:], exact_inputs=True)
+        assert not missing.turns[0].success and all(t.success for t in missing.turns[1:])
+    # judged against the results' own earlier images instead, copying the frame before fails kept objects
+    # wherever an earlier turn moved or added one
+    own = [score_session(s, [s.start_image] + [t.image for t in s.turns[:-1]]) for s in bench64]
+    kept = [d.ok for sc in own for t in sc.turns[1:] for d in t.objects if d.role == "kept"]
+    assert not all(kept)
+
+
 def test_cumulative_counting_and_missing_images(bench64):
     s = bench64[0]
     images = [t.image for t in s.turns]

@@ -407,7 +407,8 @@ Examples:
     "--true-history",
     is_flag=True,
     help="Control: make every turn from the benchmark's exact earlier frames instead of the model's own outputs "
-    "(turn k scores the turn-k edit alone, without the errors of the turns before it).",
+    "(turn k scores the turn-k edit alone, without the errors of the turns before it); with --results, score "
+    "images made that way.",
 )
 @click.option("--limit", type=int, default=None, help="Only the first N sessions.")
 @click.option("--allow-missing", is_flag=True, help="Count missing result images as failed turns instead of stopping.")
@@ -444,10 +445,9 @@ def synthetic_cmd(
         parts = [p.strip() for p in chain.split(",") if p.strip()]
         if not parts or any(p not in ("current", "next") for p in parts):
             raise UsageError(f"--chain {chain!r}: expected current, next or current,next")
-    if model is None and (no_context or chain or swap_instructions or true_masks or true_history):
+    if model is None and (no_context or chain or swap_instructions or true_masks):
         raise UsageError(
-            "--no-context, --chain, --swap-instructions, --true-masks and --true-history shape generation; "
-            "they need --model"
+            "--no-context, --chain, --swap-instructions and --true-masks shape generation; they need --model"
         )
     if chain and true_masks:
         raise UsageError("--chain predicts the change masks that --true-masks gives; pass one of them")
@@ -465,7 +465,7 @@ def synthetic_cmd(
             res_dir = generate(model, sessions_in, out / "generated", settings, no_context, frames)
         else:
             res_dir = Path(results)  # type: ignore[arg-type]
-        report = synthetic.run_synthetic(items, res_dir, out, allow_missing)
+        report = synthetic.run_synthetic(items, res_dir, out, allow_missing, exact_inputs=true_history)
         report["config"].update(
             {
                 "benchmark": str(folder), "model": model, "no_context": no_context, "chain": chain,

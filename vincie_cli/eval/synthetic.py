@@ -143,8 +143,13 @@ def find_mask(results: Path, sid: str, turn: int, role: str, listed: dict[tuple[
     return None
 
 
-def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing: bool = False) -> dict[str, Any]:
-    """Score a results folder with the synthetic world's scorer; per-session details go to `<out_dir>/scores.jsonl`."""
+def run_synthetic(
+    items: list[Any], results: Path, out_dir: Path, allow_missing: bool = False, exact_inputs: bool = False
+) -> dict[str, Any]:
+    """Score a results folder with the synthetic world's scorer; per-session details go to `<out_dir>/scores.jsonl`.
+
+    exact_inputs: the images were made from the exact earlier frames (`--true-history`), so turn k is judged
+    against the exact frame k-1 rather than the results' turn k-1 image (`score_session`)."""
     from vincie_cli.synth.scorer import aggregate, by_kind, object_share, score_session
 
     if not results.is_dir():
@@ -190,7 +195,7 @@ def run_synthetic(items: list[Any], results: Path, out_dir: Path, allow_missing:
             else:
                 with_masks += 1
                 masks.append((_mask(src), _mask(dst)))
-        scores.append(score_session(s, imgs, masks=masks))
+        scores.append(score_session(s, imgs, masks=masks, exact_inputs=exact_inputs))
     for w in warnings[:5]:
         log.warning("%s", w)
     write_jsonl(out_dir / "scores.jsonl", [sc.to_dict() for sc in scores])

@@ -592,12 +592,16 @@ def score_session(
     images: Sequence[Any],
     masks: Sequence[Any] | None = None,
     tol: Tolerances | None = None,
+    exact_inputs: bool = False,
 ) -> SessionScore:
     """Score the images a model produced for each turn of a BenchmarkSession.
 
     images: one per turn (uint8 (H, W, 3) arrays, PIL images or paths; resized to the session size
     if needed); missing turns fail. masks: optional, one per turn: a bool (H, W) array (compared
     with the expected dst RoE), a (src, dst) pair or {"src": ..., "dst": ...}, or None.
+    Turn k is judged against the image it edited (what a kept object must stay as): the model's own turn k-1
+    image, or with `exact_inputs` (images made from the exact earlier frames, `--true-history`) the exact
+    frame k-1.
     """
     size = tuple(session.size)
     judge = TurnJudge(size, tol)
@@ -616,6 +620,9 @@ def score_session(
             turns.append(ts)
             alive = False
             prev_state = turn.state
+            if exact_inputs:
+                ref_img = expected_img
+                ref = judge.detect(ref_img)
             continue
         img = _to_array(images[k], size)
         success, decisions, extra, bg_ok, bg_err, produced = judge.turn(
@@ -648,7 +655,12 @@ def score_session(
             if dst is not None:
                 ts.iou_dst = round(mask_iou(_resize_mask(dst, size), turn.roe.dst), 4)
         turns.append(ts)
-        ref, ref_img, prev_state = produced, img, turn.state
+        if exact_inputs:
+            ref_img = expected_img
+            ref = judge.detect(ref_img)
+        else:
+            ref, ref_img = produced, img
+        prev_state = turn.state
     return SessionScore(session.id, turns)
 
 
