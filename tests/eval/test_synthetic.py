@@ -247,8 +247,10 @@ def test_true_history_control(bench, tmp_path, monkeypatch, runner, no_context):
     editor = OracleEditor(bench, items, wrong=wrong)
     monkeypatch.setattr(gen_mod, "_run_sessions", lambda: editor)
     out = gen_mod.generate("ckpt", sessions, tmp_path / "gen", {"chain": "current,next"}, no_context, frames)
-    report = synthetic.run_synthetic(items, out, tmp_path / "r2")
+    report = synthetic.run_synthetic(items, out, tmp_path / "r2", exact_inputs=True)
     assert report["metrics"]["turn_success_rate"] == [0.5, 1.0, 1.0]  # only turn 1 of session 0 is wrong
+    assert report["plot_metrics"][0] == "turn_success_rate" and "success_rate" not in report["plot_metrics"]
+    assert report["summary"]["turn_success_rate_turn3"] == 1.0
     assert report["metrics"]["iou_src"][1] == 1.0  # the predicted masks are collected too
     (call,) = editor.calls  # every turn of every session in one batch
     runs = {b["id"]: b for b in call[1]}

@@ -207,8 +207,9 @@ def run_synthetic(
     if not with_masks:
         metrics.pop("iou_src")
         metrics.pop("iou_dst")
-    lead = ["success_rate", "turn_success_rate", "kept_intact", "psnr", "ssim"]
-    lead += [m for m in ("iou_dst", "iou_src") if m in metrics]
+    # made from the exact history, turns are independent: each turn's own success leads, not the cumulative one
+    lead = [] if exact_inputs else ["success_rate"]
+    lead += ["turn_success_rate", "kept_intact", "psnr", "ssim"] + [m for m in ("iou_dst", "iou_src") if m in metrics]
     failures = [{"session": sid, "turns": turns, "status": "missing"} for sid, turns in incomplete.items()]
     return {
         "benchmark": "synthetic",
@@ -219,6 +220,7 @@ def run_synthetic(
         "higher_is_better": {m: True for m in metrics},
         "summary": {
             f"success_rate_turn{n_turns}": metrics["success_rate"][-1],
+            **({f"turn_success_rate_turn{n_turns}": metrics["turn_success_rate"][-1]} if exact_inputs else {}),
             "mean_successful_turns": round(sum(sc.successful_turns for sc in scores) / len(scores), 4),
             "edited_objects_right": object_share(every_turn, changed=True),
             "kept_objects_intact": object_share(every_turn, changed=False),
