@@ -96,12 +96,9 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise BadInputError(f"{path}:{i}: duplicate session id {s['id']!r}")
         seen.add(s["id"])
         s = dict(s)
-        s["images"] = [str(p) if Path(p).is_absolute() else str(base / p) for p in s["images"]]
+        s["images"] = [_relative_to(base, p) for p in s["images"]]
         if "masks" in s:
-            s["masks"] = [
-                None if m is None else {k: str(p) if Path(p).is_absolute() else str(base / p) for k, p in m.items()}
-                for m in s["masks"]
-            ]
+            s["masks"] = [None if m is None else {k: _relative_to(base, p) for k, p in m.items()} for m in s["masks"]]
         if "history" in s:
             s["history"] = [{"prompt": h["prompt"], "image": _relative_to(base, h["image"])} for h in s["history"]]
         sessions.append(s)
@@ -110,7 +107,8 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     return sessions
 
 
-def _relative_to(base: Path, path: str) -> str:
+def _relative_to(base: Path, path: str | os.PathLike) -> str:
+    """A manifest path: absolute as given, else relative to the manifest's folder."""
     return str(path) if Path(path).is_absolute() else str(base / path)
 
 

@@ -360,7 +360,6 @@ class EditSession:
                 "settings": self.settings.to_dict(),
                 "created": _now(),
             }
-            self._latents.pop(("image", k), None)
             self.record["turns"].append(rec)
             self.record["updated"] = _now()
             atomic_write_json(self.out_dir / SESSION_FILE, self.record)

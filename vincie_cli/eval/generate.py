@@ -93,7 +93,7 @@ def _generate_true_history(
     true_frames: dict[str, list[str]],
 ) -> None:
     """`generate`'s exact-history control: every turn of every session at once, as its own session."""
-    batch, made_as = [], {}
+    batch = []
     for s in sessions:
         frames = true_frames[s["id"]]
         for k in range(1, len(s["prompts"]) + 1):
@@ -104,12 +104,10 @@ def _generate_true_history(
             one: dict[str, Any] = {"id": f"{s['id']}__turn{k}", "prompts": [s["prompts"][k - 1]]}
             if no_context:
                 one["images"] = [s["images"][-1] if k == 1 else str(frames[k - 2])]
-                made_as[one["id"]] = 1
             else:
                 one["images"] = list(s["images"])
                 if k > 1:
                     one["history"] = [{"prompt": s["prompts"][j], "image": str(frames[j])} for j in range(k - 1)]
-                made_as[one["id"]] = k
             if s.get("masks"):
                 one["masks"] = [s["masks"][k - 1]]
             batch.append(one)
@@ -119,17 +117,17 @@ def _generate_true_history(
     log.info("generating %d turns, each %s", len(batch), how)
     run_sessions(model, batch, out / "_turns", settings)
     for b in batch:
-        sid, k = b["id"].rsplit("__turn", 1)
-        _collect(out, b["id"], made_as[b["id"]], int(k), sid)
+        k = int(b["id"].rsplit("__turn", 1)[1])
+        _collect(out, b["id"], 1 if no_context else k, k)  # with context the session made it as its turn k
 
 
-def _collect(out: Path, run_id: str, made_turn: int, turn: int, sid: str | None = None) -> None:
-    """Copy turn `made_turn` of `<out>/_turns/<run_id>` (image and predicted masks) to `<out>/<sid>/turn{turn}`."""
+def _collect(out: Path, run_id: str, made_turn: int, turn: int) -> None:
+    """Copy turn `made_turn` of `<out>/_turns/<id>__turn{k}` (image and predicted masks) to `<out>/<id>/turn{turn}`."""
     made = turn_image(out / "_turns", run_id, made_turn)
     if made is None:
         log.warning("%s: no image for turn %d", run_id, turn)
         return
-    sid = sid or run_id.rsplit("__turn", 1)[0]
+    sid = run_id.rsplit("__turn", 1)[0]
     # chain-of-editing's predicted masks come along, so the scorer's mask IoU covers these runs too
     for mask in sorted(made.parent.glob(f"turn{made_turn}_mask_*")):
         with atomic_path(out / sid / mask.name.replace(f"turn{made_turn}_", f"turn{turn}_", 1)) as tmp:
