@@ -1,11 +1,13 @@
 import json
+import math
 
 import pytest
 from PIL import Image
 
 from vincie_cli.cli import main
+from vincie_cli.eval.compare import paired_turns, sign_test
 from vincie_cli.eval.report import finalize, load_report, markdown, write_report
-from vincie_cli.utils.io import BadInputError
+from vincie_cli.utils.io import BadInputError, write_jsonl
 
 
 def mse_report(name, sr):
@@ -111,3 +113,60 @@ def test_compare_runs_in_one_table_and_plot(tmp_path, runner):
 def test_markdown_without_optional_parts():
     md = markdown(synth_report("x"))
     assert "## Failures" not in md and "| psnr | 40.0000 | 30.0000 |" in md
+
+
+def test_sign_test_golden_values():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(0, 6) == pytest.approx(2 / 64)  # all six discordant pairs one way
+    assert sign_test(5, 1) == pytest.approx(2 * 7 / 64)
+    assert sign_test(3, 3) == 1.0  # capped at 1
+    assert sign_test(14, 3) == pytest.approx(2 * sum(math.comb(17, i) for i in range(4)) / 2**17)
+
+
+def _scores(outcomes: dict[str, list[bool]], instruction: str = "do it") -> list[dict]:
+    return [
+        {
+            "session_id": sid,
+            "turns": [{"turn": k, "instruction": f"{instruction} {k}", "success": ok} for k, ok in enumerate(oks, 1)],
+        }  # fmt: skip
+        for sid, oks in outcomes.items()
+    ]
+
+
+def test_paired_turns_counts_each_turn_and_skips_turns_one_run_lacks():
+    base = _scores({"s1": [True, True, False], "s2": [True, False, False], "s3": [False, False, True]})
+    other = _scores({"s1": [True, False, True], "s2": [False, False], "s4": [True, True, True]})
+    res = paired_turns(base, other)
+    by_turn = {r["turn"]: r for r in res["turns"]}
+    assert sorted(by_turn) == [1, 2, 3]
+    assert by_turn[1] == {"turn": 1, "paired": 2, "both": 1, "only_base": 1, "only_other": 0, "neither": 0, "p": 1.0}
+    assert by_turn[2] == {"turn": 2, "paired": 2, "both": 0, "only_base": 1, "only_other": 0, "neither": 1, "p": 1.0}
+    assert by_turn[3] == {"turn": 3, "paired": 1, "both": 0, "only_base": 0, "only_other": 1, "neither": 0, "p": 1.0}
+    assert res["all"]["paired"] == 5 and (res["all"]["only_base"], res["all"]["only_other"]) == (2, 1)
+    # another benchmark's session with the same id but other instructions is not paired
+    assert paired_turns(base, _scores({"s1": [True, True, True]}, "other"))["all"]["paired"] == 0
+
+
+def test_compare_pairs_synthetic_runs_that_kept_their_scores(tmp_path, runner):
+    sessions = [f"s{i}" for i in range(8)]
+    runs = {
+        "ctx": {s: [True, False] for s in sessions},
+        "noctx": {s: [True, True] for s in sessions},
+        "half": {s: [i % 2 == 0, True] for i, s in enumerate(sessions)},
+    }
+    for name, outcomes in runs.items():
+        write_report(tmp_path / name, synth_report(name))
+        write_jsonl(tmp_path / name / "scores.jsonl", _scores(outcomes))
+    write_report(tmp_path / "no-scores", synth_report("no-scores"))  # in the table, not in the pairs
+    args = ["eval", "compare", *(str(tmp_path / n) for n in ("no-scores", "noctx", "ctx", "half")), "-o"]
+    r = runner.invoke(main, [*args, str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "cmp/compare.json").read_text())
+    assert [(p["base"], p["run"]) for p in saved["paired"]] == [("noctx", "ctx"), ("noctx", "half")]
+    ctx_turn2 = saved["paired"][0]["turns"][1]
+    assert (ctx_turn2["only_base"], ctx_turn2["only_other"], ctx_turn2["p"]) == (8, 0, round(2 / 256, 4))
+    md = (tmp_path / "cmp/compare.md").read_text()
+    assert "### Turn success, paired with noctx" in md
+    assert "| ctx | 2 | 8 | 0 | 8 | 0 | 0 | 0.0078 |" in md
+    assert "| half | 1 | 8 | 4 | 4 | 0 | 0 | 0.1250 |" in md
+    assert "| half | all | 16 | 12 | 4 | 0 | 0 | 0.1250 |" in md

@@ -236,7 +236,10 @@ Examples:
 )
 @handle_errors
 def compare_cmd(runs: tuple[Path, ...], out: Path) -> None:
-    """Put several runs (folders or report.json files) in one table and one plot."""
+    """Put several runs (folders or report.json files) in one table and one plot.
+
+    Synthetic runs with their scores.jsonl are also paired turn by turn with the first of their benchmark
+    (the turns only one run passed, and a sign test on them)."""
     from vincie_cli.eval.compare import compare
 
     result = compare(list(runs), out)
