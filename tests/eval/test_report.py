@@ -170,3 +170,14 @@ def test_compare_pairs_synthetic_runs_that_kept_their_scores(tmp_path, runner):
     assert "| ctx | 2 | 8 | 0 | 8 | 0 | 0 | 0.0078 |" in md
     assert "| half | 1 | 8 | 4 | 4 | 0 | 0 | 0.1250 |" in md
     assert "| half | all | 16 | 12 | 4 | 0 | 0 | 0.1250 |" in md
+
+
+def test_compare_names_a_scores_file_that_is_not_synthetic_scores(tmp_path, runner):
+    for name in ("a", "b"):
+        write_report(tmp_path / name, synth_report(name))
+        write_jsonl(tmp_path / name / "scores.jsonl", _scores({"s1": [True]}))
+    write_jsonl(tmp_path / "b" / "scores.jsonl", [{"session_id": "s1", "turns": [{"turn": 1}]}])
+    r = runner.invoke(main, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 1
+    assert "b/scores.jsonl: not the scores of `vincie eval synthetic`" in r.stderr and "'success'" in r.stderr
+    assert not (tmp_path / "c").exists()  # nothing written

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vincie_cli.eval.report import fmt, load_report, plot, run_names, table
-from vincie_cli.utils.io import UsageError, atomic_write_json, atomic_write_text, read_jsonl
+from vincie_cli.utils.io import BadInputError, UsageError, atomic_write_json, atomic_write_text, read_jsonl
 
 
 def compare_table(reports: list[dict[str, Any]], names: list[str], max_metrics: int = 4) -> str:
@@ -91,7 +91,12 @@ def _scores_of(report: dict[str, Any]) -> list[dict[str, Any]] | None:
     path = Path(report["_path"]).parent / "scores.jsonl"
     if report["benchmark"] != "synthetic" or not path.is_file():
         return None
-    return list(read_jsonl(path))
+    rows = list(read_jsonl(path))
+    try:
+        _turn_outcomes(rows)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BadInputError(f"{path}: not the scores of `vincie eval synthetic` (a row lacks {e})") from None
+    return rows
 
 
 def paired_table(base_name: str, names: list[str], results: list[dict[str, Any]]) -> str:
