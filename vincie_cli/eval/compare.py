@@ -63,7 +63,11 @@ def paired_turns(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dic
     Returns {"turns": [{"turn", "paired", "both", "only_base", "only_other", "neither", "p"}], "all": {...}}:
     `p` is `sign_test(only_base, only_other)`. Sessions are independent, so each turn's test is exact; "all"
     pools the turns of a session, which are not independent (read its p as a rough guide)."""
-    a, b = _turn_outcomes(base), _turn_outcomes(other)
+    return _paired(_turn_outcomes(base), _turn_outcomes(other))
+
+
+def _paired(a: dict[tuple[str, int, str], bool], b: dict[tuple[str, int, str], bool]) -> dict[str, Any]:
+    """`paired_turns` on the outcomes `_turn_outcomes` made."""
     keys = [k for k in a if k in b]
     rows = []
     for turn in sorted({k[1] for k in keys}):
@@ -86,17 +90,15 @@ def _pair_counts(pairs: list[tuple[bool, bool]], **head: Any) -> dict[str, Any]:
     }
 
 
-def _scores_of(report: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The per-session rows of a synthetic run (its `scores.jsonl`), None for other runs."""
+def _outcomes_of(report: dict[str, Any]) -> dict[tuple[str, int, str], bool] | None:
+    """The turn outcomes of a synthetic run (from its `scores.jsonl`), None for other runs."""
     path = Path(report["_path"]).parent / "scores.jsonl"
     if report["benchmark"] != "synthetic" or not path.is_file():
         return None
-    rows = list(read_jsonl(path))
     try:
-        _turn_outcomes(rows)
+        return _turn_outcomes(list(read_jsonl(path)))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInputError(f"{path}: not the scores of `vincie eval synthetic` (a row lacks {e})") from None
-    return rows
 
 
 def paired_table(base_name: str, names: list[str], results: list[dict[str, Any]]) -> str:
@@ -132,10 +134,10 @@ def compare(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
             if summary:
                 md.append(f"- {names[i]}: " + ", ".join(f"{k} {fmt(v)}" for k, v in summary.items()))
         md.append("")
-        scored = [(i, s) for i in idx if (s := _scores_of(reports[i])) is not None]
+        scored = [(i, s) for i in idx if (s := _outcomes_of(reports[i])) is not None]
         if len(scored) > 1:
             (i0, base), rest = scored[0], scored[1:]
-            results = [paired_turns(base, s) for _, s in rest]
+            results = [_paired(base, s) for _, s in rest]
             others = [names[i] for i, _ in rest]
             paired += [{"base": names[i0], "run": n, **res} for n, res in zip(others, results)]
             md += [
