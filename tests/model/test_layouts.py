@@ -381,6 +381,40 @@ def test_changed_positions_are_marked_against_the_source_and_weighted(attention)
     assert pn.row_changed is None and pn.row_weights is None
 
 
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_changed_against_seen_marks_what_a_shown_source_lost(attention):
+    """changed_against_seen (flow.changed_against: seen): a target's changed positions are measured against its
+    source as the target is shown it, so a position that was spoiled in the shown source and is back in the
+    target is marked; against the clean source (the default) only the edit is."""
+    lat, states = session(3)
+    lat[1] = lat[0].clone()  # image 1 is image 0 unchanged (frames 2 and 4 are masks)
+    lat[3] = lat[1].clone()
+    lat[3][0, 1] += 1.0  # image 3: image 1 with one position edited
+    lens = [s.shape[0] + 1 for s in states]
+    hidden = [False] * F
+    times = {j: 500.0 for j in (1, 2, 3, 4)}
+    spec = LayoutSpec("paper", attention, "interleaved", "source")
+    shown = lat[1].clone()
+    shown[1, 1] = shown.mean(dim=(0, 1)) + 1.0  # what target 3 is shown of its source: one position spoiled
+
+    def marks(against_seen):
+        samples = training_samples(
+            spec, lat, hidden, [1, 2, 3, 4], TASKS, lens, times, torch.Generator().manual_seed(0), (2, 2), WEIGHTS,
+            changed_threshold=0.01, seen_frames={1: shown}, changed_against_seen=against_seen,
+        )  # fmt: skip
+        return [e[5] for s in samples for e in s.loss]
+
+    edit = torch.zeros(H * W, dtype=torch.bool)
+    edit[0 * W + 1] = True
+    spoiled = torch.zeros(H * W, dtype=torch.bool)
+    spoiled[1 * W + 1] = True
+    clean, seen = marks(False), marks(True)
+    assert torch.equal(clean[2], edit)  # the clean source: the edit only
+    assert torch.equal(seen[2], edit | spoiled)  # the shown source: the spoiled position is to be put back too
+    assert not clean[0].any() and not seen[0].any()  # target 1 sees frame 0 clean: nothing changed either way
+    assert clean[1] is None and seen[3] is None  # mask targets are never marked
+
+
 def test_x0_prediction_turns_the_network_output_into_a_velocity(dit):
     """prediction="x0": run_dit returns (x_t - out) / max(t/T, X0_T_MIN) for every row, so a network that
     outputs the true clean latent has zero velocity loss, and the spec round-trips through model_config."""

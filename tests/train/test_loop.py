@@ -382,6 +382,25 @@ def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe
         recipe(tiny_recipe, shards, "flow.changed_share=1.0")
 
 
+def test_changed_against_seen_marks_what_degraded_sources_lost(tiny_recipe, shards, tmp_path):
+    """flow.changed_against: seen marks, besides each edit, what a degraded source lost (here every later
+    image is blanked in one rectangle): a superset of the marks against the clean source; a bad value is named."""
+    base = ["model.condition=source", "flow.changed_share=0.5", "train.max_steps=2", "tasks.degrade_context=1.0",
+            "tasks.degrade_erase=0.5", "tasks.degrade_noise=0.0", "tasks.degrade_fade=0.0"]  # fmt: skip
+    marks, batch = {}, None
+    for against in ("source", "seen"):
+        state = L.setup(recipe(tiny_recipe, shards, *base, f"flow.changed_against={against}"), tmp_path / against)
+        batch = batch or state.batcher.next_batch()  # the same sessions both ways
+        marks[against] = L.make_inputs(state, batch, torch.Generator().manual_seed(3)).row_changed
+        state.lock.release()
+    src, seen = marks["source"], marks["seen"]
+    assert src is not None and seen is not None and src.shape == seen.shape
+    assert bool((seen | src).eq(seen).all())  # every edit mark stays
+    assert int(seen.sum()) > int(src.sum())  # and the blanked positions are added
+    with pytest.raises(UsageError, match=r"flow\.changed_against: expected one of 'source', 'seen', got 'clean'"):
+        recipe(tiny_recipe, shards, "flow.changed_against=clean")
+
+
 def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(tiny_recipe, shards, tmp_path):
     from vincie_cli.model.layouts import LayoutSpec
     from vincie_cli.model.pipeline import VincieModel

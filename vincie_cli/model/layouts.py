@@ -442,6 +442,7 @@ def training_samples(
     degrade: ContextDegrade | None = None,
     degrade_generator: torch.Generator | None = None,
     seen_frames: dict[int, Tensor] | None = None,
+    changed_against_seen: bool = False,
 ) -> list[DitSample]:
     """The DiT samples that train one composed session under `spec`.
 
@@ -450,9 +451,11 @@ def training_samples(
     (turn embedding included); times: timestep per target in [0, 1000]. Noise comes from `generator`.
     changed_threshold: mark the positions each image target changed (`flow.loss.changed_positions`, against
     the latest visible image before it, whatever `spec.condition`; all of them when there is none); None: no
-    marks. seen_frames: {frame: (h, w, C)} what later targets see of those frames instead of their clean
-    latents (context copy and source channels; `tasks.self_context` gives the model's own outputs); the
-    losses still target `latents`. degrade: how later targets see the image frames after the first
+    marks. changed_against_seen: compare with that image as the target sees it (after `seen_frames` and
+    `degrade`) instead of its clean latent, so what a degraded source lost is marked too. seen_frames:
+    {frame: (h, w, C)} what later targets see of those frames instead of their clean latents (context copy
+    and source channels; `tasks.self_context` gives the model's own outputs); the losses still target
+    `latents`. degrade: how later targets see the image frames after the first
     (`ContextDegrade`, applied after `seen_frames`, its draws from `degrade_generator`, default
     `generator`); None: clean.
     """
@@ -485,7 +488,7 @@ def training_samples(
         f = source_frame(j, is_image, hidden)
         if f is None:
             return torch.ones(h * w, dtype=torch.bool)
-        return changed_positions(latents[j], latents[f], changed_threshold)
+        return changed_positions(latents[j], seen[f] if changed_against_seen else latents[f], changed_threshold)
 
     if spec.kind == "released":
         for j in targets:

@@ -578,6 +578,7 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
         for s in training_samples(
             state.spec, lat, p.comp.hidden, p.comp.targets, p.comp.tasks, p.step_lens, tmap, gen,
             state.preparer.patch, weights, r.tasks.context_loss_weight, f.changed_threshold, degrade, dgen, own[i],
+            f.changed_against == "seen",
         ):  # fmt: skip
             samples.append(s)
             owners.append(i)

@@ -171,6 +171,10 @@ class FlowSection:
     # scores almost as well as making the edit (docs/training.md)
     changed_share: float = 0.0
     changed_threshold: float = 0.01
+    # what "changed" is measured against: "source", the clean source frame (only the edit counts); "seen",
+    # the source as the target is shown it (tasks.degrade_context / self_context: what a drifted or blanked
+    # source lost and the target has back counts as changed too, so putting it back weighs like an edit)
+    changed_against: Literal["source", "seen"] = "source"
 
     def __post_init__(self) -> None:
         _check(self.timestep_scale > 0, "flow.timestep_scale", "expected > 0")
