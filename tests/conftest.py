@@ -20,10 +20,12 @@ def load_script(relpath: str | Path):
     """Import a script of the repository that is not a package module (benchmarks/*.py, tools/*.py); relpath
     is relative to the repository root (an absolute path is taken as it is)."""
     import importlib.util
+    import sys
 
     path = REPO / relpath
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the script runs
     spec.loader.exec_module(mod)
     return mod
 
