@@ -14,6 +14,7 @@ from vincie_cli.model.layouts import (
     ContextDegrade,
     LayoutSpec,
     dense_mask,
+    kept_content,
     make_denoiser,
     pack_samples,
     run_dit,
@@ -294,6 +295,61 @@ def test_context_degrade_erase_blanks_one_rectangle_to_the_frame_mean():
     same = (plain - erased).abs().amax(-1) < 1e-6
     assert 1 <= int((~same).sum()) <= 16
     torch.testing.assert_close(erased[same], plain[same])
+
+
+def test_kept_content_points_at_what_the_first_image_holds_at_the_same_place():
+    first = torch.zeros(8, 8, 3)
+    first[1:3, 5:7] = 1.0  # an object in the first image
+    z = first.clone()
+    z[6, 1] = 1.0  # a new object, not in the first image
+    w = kept_content(z, first, 0.01)
+    assert w.shape == (8, 8)
+    assert set(map(tuple, w.nonzero().tolist())) == {(1, 5), (1, 6), (2, 5), (2, 6)}
+    torch.testing.assert_close(w[1:3, 5:7], torch.ones(2, 2))  # how far from the background (the median)
+    moved = torch.roll(first, 3, dims=1)  # the object moved: nothing the first image holds at the same place
+    assert not kept_content(moved, first, 0.01).any()
+
+
+def test_context_degrade_erase_kept_blanks_over_the_kept_content():
+    first = torch.zeros(16, 16, 3)
+    first[2:5, 10:13] = 1.0
+    z = first.clone()
+    z[12:14, 2:4] = 1.0  # new in this frame: the context cannot give it back
+    where = kept_content(z, first, 0.01)
+    mean = z.mean(dim=(0, 1))
+    for seed in range(30):
+        out = ContextDegrade(1.0, 0.0, 0.0, 0.25, "kept").apply(z, torch.Generator().manual_seed(seed), where)
+        blank = (out - mean).abs().amax(-1) < 1e-6
+        assert blank[2:5, 10:13].any() and not blank[12:14, 2:4].any()
+        assert int(blank.sum()) <= 16  # sides up to a quarter of the frame's
+    # no kept content (all-zero weights) or no weights: the rectangle goes anywhere, with the old draws
+    anywhere = ContextDegrade(1.0, 0.0, 0.0, 0.25)
+    for w in (None, torch.zeros(16, 16)):
+        out = anywhere.apply(z, torch.Generator().manual_seed(4), w)
+        torch.testing.assert_close(out, anywhere.apply(z, torch.Generator().manual_seed(4)))
+
+
+def test_training_samples_erase_kept_hides_content_the_first_image_holds():
+    """degrade.erase_at "kept": the rectangle blanked in a context image is over content the session's first
+    image holds at the same place (measured on the clean frames), so the context can give it back."""
+    lat, states = session(4)
+    lat[0] = torch.zeros(H, W, C)
+    lat[0][0, 0] = 2.0  # the first image's one object
+    lat[1] = lat[0].clone()
+    lat[1][H - 1, W - 1] = 2.0  # image 1 adds another
+    lens = [s.shape[0] + 1 for s in states]
+    times = {j: 500.0 for j in (1, 2, 3, 4)}
+    spec = LayoutSpec("paper", "block_causal", "interleaved", "source")
+    for seed in range(10):
+        degrade = ContextDegrade(1.0, 0.0, 0.0, 0.25, "kept")
+        s = training_samples(
+            spec, lat, [False] * F, [1, 2, 3, 4], TASKS, lens, times, torch.Generator().manual_seed(0), (2, 2),
+            WEIGHTS, changed_threshold=0.01, degrade=degrade, degrade_generator=torch.Generator().manual_seed(seed),
+        )[0]  # fmt: skip
+        shown = s.vid[1 * H * W : 2 * H * W, :C].reshape(H, W, C)  # image 1 as later targets see it
+        mean = lat[1].mean(dim=(0, 1))
+        assert torch.allclose(shown[0, 0], mean)  # the kept object is blanked
+        torch.testing.assert_close(shown[H - 1, W - 1], lat[1][H - 1, W - 1])  # the new one is not
 
 
 @pytest.mark.parametrize("attention", ["full", "block_causal"])

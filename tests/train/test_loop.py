@@ -401,6 +401,25 @@ def test_changed_against_seen_marks_what_degraded_sources_lost(tiny_recipe, shar
         recipe(tiny_recipe, shards, "flow.changed_against=clean")
 
 
+def test_degrade_erase_at_kept_moves_the_blank_and_needs_erase(tiny_recipe, shards, tmp_path):
+    """tasks.degrade_erase_at reaches the layouts: "kept" draws the rectangles elsewhere than "anywhere" with
+    the same seed, changes nothing when no rectangle is erased; a bad value is named."""
+    base = ["model.condition=source", "train.max_steps=2", "tasks.degrade_context=1.0", "tasks.degrade_noise=0.0",
+            "tasks.degrade_fade=0.0"]  # fmt: skip
+    vids, batch = {}, None
+    for erase in ("0.5", "0.0"):
+        for at in ("anywhere", "kept"):
+            extra = [f"tasks.degrade_erase={erase}", f"tasks.degrade_erase_at={at}"]
+            state = L.setup(recipe(tiny_recipe, shards, *base, *extra), tmp_path / f"{erase}-{at}")
+            batch = batch or state.batcher.next_batch()  # the same sessions every way
+            vids[erase, at] = L.make_inputs(state, batch, torch.Generator().manual_seed(3)).vid
+            state.lock.release()
+    assert not torch.equal(vids["0.5", "anywhere"], vids["0.5", "kept"])
+    assert torch.equal(vids["0.0", "anywhere"], vids["0.0", "kept"])
+    with pytest.raises(UsageError, match=r"tasks\.degrade_erase_at: expected one of 'anywhere', 'kept', got 'object'"):
+        recipe(tiny_recipe, shards, "tasks.degrade_erase_at=object")
+
+
 def test_source_sigma_is_recorded_and_a_new_sigma_keeps_the_prediction_at_t_max(tiny_recipe, shards, tmp_path):
     from vincie_cli.model.layouts import LayoutSpec
     from vincie_cli.model.pipeline import VincieModel

@@ -400,15 +400,22 @@ class ContextDegrade:
 
     Fading loses little: a model can undo it from the frame alone. `erase` (a share of each side, 0 = off)
     also blanks one rectangle of the degraded frame to its mean, sides drawn in [1, erase * side] positions,
-    anywhere: what was there is only in the earlier frames, so only a model that reads them can restore it."""
+    anywhere: what was there is only in the earlier frames, so only a model that reads them can restore it.
+    `erase_at` "kept" centres the rectangle on the frame's content that the session's first image holds at
+    the same place (`kept_content`), so the blank always hides something the context can give back; "anywhere"
+    (the default) places it uniformly, mostly over background a model can fill from the frame alone."""
 
     prob: float = 0.0
     noise: float = 0.1
     fade: float = 0.3
     erase: float = 0.0
+    erase_at: str = "anywhere"
 
-    def apply(self, z: Tensor, generator: torch.Generator) -> Tensor:
-        """z: (h, w, C) clean latent -> the degraded (h, w, C), or z itself (probability 1 - prob)."""
+    def apply(self, z: Tensor, generator: torch.Generator, where: Tensor | None = None) -> Tensor:
+        """z: (h, w, C) clean latent -> the degraded (h, w, C), or z itself (probability 1 - prob).
+
+        where: (h, w) non-negative weights to draw the erased rectangle's centre from (`kept_content`); None
+        or all zero: the rectangle goes anywhere."""
         if self.prob <= 0 or float(torch.rand((), generator=generator)) >= self.prob:
             return z
         a, n = (torch.rand(2, generator=generator) * torch.tensor([self.fade, self.noise])).tolist()
@@ -420,10 +427,27 @@ class ContextDegrade:
             h, w = z.shape[:2]
             bh, bw = (max(1, round(self.erase * side)) for side in (h, w))
             eh, ew = (int(torch.randint(1, b + 1, (), generator=generator)) for b in (bh, bw))
-            y0 = int(torch.randint(0, h - eh + 1, (), generator=generator))
-            x0 = int(torch.randint(0, w - ew + 1, (), generator=generator))
+            if where is not None and float(where.sum()) > 0:
+                centre = int(torch.multinomial(where.reshape(-1).float(), 1, generator=generator))
+                cy, cx = divmod(centre, w)
+                y0, x0 = min(max(cy - eh // 2, 0), h - eh), min(max(cx - ew // 2, 0), w - ew)
+            else:
+                y0 = int(torch.randint(0, h - eh + 1, (), generator=generator))
+                x0 = int(torch.randint(0, w - ew + 1, (), generator=generator))
             out[y0 : y0 + eh, x0 : x0 + ew] = mean[0, 0]
         return (out + n * eps).to(z.dtype)
+
+
+def kept_content(z: Tensor, first: Tensor, threshold: float) -> Tensor:
+    """(h, w) weights where frame z (h, w, C) has content (mean squared distance over channels from its
+    background, the per-channel median over positions, above `threshold`) that the session's first image
+    `first` (h, w, C) holds at the same place (within `threshold`): the distance itself there, 0 elsewhere.
+    All zero when nothing qualifies."""
+    zf = z.float()
+    background = zf.reshape(-1, zf.shape[-1]).median(dim=0).values  # the mean would count objects in
+    content = (zf - background).pow(2).mean(-1)
+    kept = (zf - first.float()).pow(2).mean(-1) <= threshold
+    return torch.where((content > threshold) & kept, content, torch.zeros_like(content))
 
 
 def training_samples(
@@ -457,7 +481,8 @@ def training_samples(
     and source channels; `tasks.self_context` gives the model's own outputs); the losses still target
     `latents`. degrade: how later targets see the image frames after the first
     (`ContextDegrade`, applied after `seen_frames`, its draws from `degrade_generator`, default
-    `generator`); None: clean.
+    `generator`; with `erase_at` "kept" the rectangles go where `kept_content` of the clean frame against the
+    first, at `changed_threshold` or 0.01, points); None: clean.
     """
     F_ = len(latents)
     h, w, c = latents[0].shape
@@ -470,7 +495,12 @@ def training_samples(
         seen[f] = z
     if degrade is not None and degrade.prob > 0:
         dg = degrade_generator or generator
-        seen = [degrade.apply(z, dg) if is_image[f] and f > 0 else z for f, z in enumerate(seen)]
+        thr = 0.01 if changed_threshold is None else changed_threshold
+
+        def where(f: int) -> Tensor | None:  # computed on the clean frames: what the session really keeps
+            return kept_content(latents[f], latents[0], thr) if degrade.erase_at == "kept" else None
+
+        seen = [degrade.apply(z, dg, where(f)) if is_image[f] and f > 0 else z for f, z in enumerate(seen)]
     known = [None if hidden[f] else seen[f] for f in range(F_)]
 
     def source(j: int) -> Tensor | None:

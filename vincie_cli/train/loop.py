@@ -563,8 +563,9 @@ def make_inputs(state: TrainState, batch: list[Prepared], gen: torch.Generator, 
     samples, owners, k = [], [], 0
     weights = {t: r.tasks.weight(t) for t in ("nip", "csp", "nsp")}
     degrade = ContextDegrade(
-        r.tasks.degrade_context, r.tasks.degrade_noise, r.tasks.degrade_fade, r.tasks.degrade_erase
-    )
+        r.tasks.degrade_context, r.tasks.degrade_noise, r.tasks.degrade_fade, r.tasks.degrade_erase,
+        r.tasks.degrade_erase_at,
+    )  # fmt: skip
     dgen = torch.Generator().manual_seed(_seed(gen.initial_seed(), "degrade"))  # leaves the noise draws as they are
     own: list[dict[int, Tensor]] = [{} for _ in batch]
     if r.tasks.self_context > 0 and timestep is None:

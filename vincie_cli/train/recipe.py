@@ -125,6 +125,9 @@ class TasksSection:
     # ... and blank one rectangle of each degraded frame to its mean, sides up to this share of the frame's
     # (layouts.ContextDegrade.erase): what it held is only in the earlier frames. 0 = off
     degrade_erase: float = 0.0
+    # where the rectangle goes: anywhere (uniform, mostly background), or kept: centred on content that the
+    # session's first image holds at the same place, so only reading the context restores it
+    degrade_erase_at: Literal["anywhere", "kept"] = "anywhere"
     # show later targets, with this probability per session, the model's own outputs for the session's images
     # after the first instead of the clean frames: each predicted in one step from t = 1000 given the clean
     # frames before it (no gradient), what a 1-step sampler returns at inference; losses still target the
