@@ -209,15 +209,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    settings: dict[str, Any] = {"seed": args.seed, "device": args.device}
-    for pair in args.gen_set:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            ap.error(f"--gen-set {pair}: expected KEY=VALUE")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
+    from vincie_cli.edit.settings import parse_setting_pairs
+    from vincie_cli.utils.io import UsageError
+
+    try:
+        settings: dict[str, Any] = {"seed": args.seed, "device": args.device, **parse_setting_pairs(args.gen_set)}
+    except UsageError as e:
+        ap.error(str(e))
 
     from vincie_cli.edit import run_sessions
     from vincie_cli.synth.benchmark import load_benchmark

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vincie_cli.edit.settings import Drag, EditSettings, TurnControl, parse_chain, parse_drag
+from vincie_cli.edit.settings import Drag, EditSettings, TurnControl, parse_chain, parse_drag, parse_setting_pairs
 from vincie_cli.utils.io import UsageError
 
 
@@ -69,3 +69,13 @@ def test_model_recommended_settings_fill_only_what_the_user_left_unset():
     assert (s.steps, s.shift, s.resolution, s.guidance) == (7, 3.0, 64, 7.5)
     plain = SimpleNamespace(config=SimpleNamespace(sampling=None))
     assert with_model_defaults(EditSettings(), set(), plain) == EditSettings()
+
+
+def test_parse_setting_pairs_reads_json_values_and_names_a_bad_pair():
+    pairs = ["steps=1", "shift=3.5", "keep_outside=true", "chain=current,next", " seed =7", "note=a=b"]
+    got = parse_setting_pairs(pairs)
+    assert got == {"steps": 1, "shift": 3.5, "keep_outside": True, "chain": "current,next", "seed": 7, "note": "a=b"}
+    assert parse_setting_pairs(["steps=1", "steps=2"]) == {"steps": 2}  # the last one wins
+    for bad in ("steps", "=3"):
+        with pytest.raises(UsageError, match=f"--gen-set {bad!r}: expected KEY=VALUE"):
+            parse_setting_pairs(["steps=1", bad])

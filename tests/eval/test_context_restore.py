@@ -132,4 +132,4 @@ def test_cli_runs_the_packaged_model_and_resumes(bench, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout == res.stdout  # finished turns are kept, the scores the same
     bad = subprocess.run(cmd + ["--gen-set", "steps"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--gen-set steps: expected KEY=VALUE" in bad.stderr
+    assert bad.returncode == 2 and "--gen-set 'steps': expected KEY=VALUE" in bad.stderr

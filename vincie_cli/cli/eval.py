@@ -3,7 +3,6 @@ benchmark, and comparisons of several runs. Library code is imported inside the 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,16 +16,9 @@ from vincie_cli.utils.io import UsageError
 
 def _gen_settings(pairs: tuple[str, ...], seed: int, device: str) -> dict[str, Any]:
     """--gen-set KEY=VALUE pairs (values parsed as JSON when they are JSON) plus seed and device."""
-    settings: dict[str, Any] = {"seed": seed, "device": device}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--gen-set {pair!r}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            settings[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key.strip()] = value
-    return settings
+    from vincie_cli.edit.settings import parse_setting_pairs
+
+    return {"seed": seed, "device": device, **parse_setting_pairs(pairs)}
 
 
 def _source(model: str | None, results: str | None) -> None:

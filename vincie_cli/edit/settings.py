@@ -15,6 +15,8 @@ values ("current,next", "10,0,1.2").
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -184,6 +186,21 @@ def _coerce(name: str, value: Any) -> Any:
             return low in ("1", "true", "yes", "on")
         return bool(value)
     return value
+
+
+def parse_setting_pairs(pairs: Iterable[str], option: str = "--gen-set") -> dict[str, Any]:
+    """KEY=VALUE strings (`--gen-set steps=1`) -> {key: value}, each value parsed as JSON when it is JSON
+    (`1` -> 1, `true` -> True, `current,next` stays a string). Raises UsageError naming the bad pair."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def parse_chain(value: Any) -> tuple[str, ...]:
