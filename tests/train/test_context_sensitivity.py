@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -40,3 +43,23 @@ def test_a_zero_output_looks_only_at_its_source_and_a_trained_one_at_the_context
     assert trained["first_same"] > 0 and trained["first_other"] > 0 and trained["source_net_same"] > 0
     assert trained["same_over_other"] == pytest.approx(trained["first_same"] / trained["first_other"])
     assert torch.isfinite(torch.tensor(list(trained.values()))).all()
+
+
+def test_cli_prints_one_json_line_and_names_a_missing_model(shards, tmp_path):
+    recipe = REPO / "recipes" / "tiny.yaml"
+    sets = tiny_overrides(shards) + X0
+    state = L.setup(load_recipe(recipe, sets), tmp_path / "fresh-run")
+    state.model.save_pretrained(tmp_path / "fresh")
+    state.lock.release()
+    script = str(REPO / "benchmarks" / "context_sensitivity.py")
+    args = [a for s in sets for a in ("--set", s)] + ["--batches", "2", "--side", "2"]
+    run = lambda model: subprocess.run(  # noqa: E731
+        [sys.executable, script, str(model), str(recipe), *args], capture_output=True, text=True
+    )
+    ok = run(tmp_path / "fresh")
+    assert ok.returncode == 0, ok.stderr
+    rec = json.loads([ln for ln in ok.stdout.splitlines() if ln.startswith("{")][-1])
+    assert rec["model"] == str(tmp_path / "fresh") and rec["sessions"] > 0 and rec["first_same"] == 0.0
+    assert set(rec) >= {"sessions", "first_other", "source_same", "source_net_same", "same_over_other"}
+    bad = run(tmp_path / "nowhere")
+    assert bad.returncode != 0 and "nowhere" in bad.stderr
