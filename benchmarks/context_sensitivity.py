@@ -34,7 +34,14 @@ def sensitivity(model: str | Path, recipe_path: str | Path, overrides: list[str]
     import torch
 
     from vincie_cli.flow.schedule import T_MAX, add_noise, x0_from_v
-    from vincie_cli.model.layouts import kept_content, pack_samples, run_dit, source_frame, training_samples
+    from vincie_cli.model.layouts import (
+        image_frames,
+        kept_content,
+        pack_samples,
+        run_dit,
+        source_frame,
+        training_samples,
+    )
     from vincie_cli.train import loop
     from vincie_cli.train.recipe import load_recipe
 
@@ -56,7 +63,7 @@ def sensitivity(model: str | Path, recipe_path: str | Path, overrides: list[str]
                     encoded = dict(zip(texts, state.model.encode_prompts(texts)))
                 for p, lat in zip(batch, latents):
                     tasks = p.comp.tasks
-                    is_image = [f == 0 or tasks[f - 1] == "nip" for f in range(len(lat))]
+                    is_image = image_frames(tasks, len(lat))
                     hidden = [False] * len(lat)
                     # the last image target whose source (the latest image before it) is not the first image
                     js = [j for j in p.comp.targets if is_image[j] and (source_frame(j, is_image, hidden) or 0) >= 1]

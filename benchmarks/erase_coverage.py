@@ -26,7 +26,7 @@ def coverage(recipe_path: str | Path, overrides: list[str], batches: int, seed: 
     first, the mean number of positions the blank changed and of those the first image holds."""
     import torch
 
-    from vincie_cli.model.layouts import ContextDegrade, kept_content
+    from vincie_cli.model.layouts import ContextDegrade, image_frames, kept_content
     from vincie_cli.train import loop
     from vincie_cli.train.recipe import load_recipe
 
@@ -42,8 +42,9 @@ def coverage(recipe_path: str | Path, overrides: list[str], batches: int, seed: 
             for _ in range(batches):
                 batch = state.batcher.next_batch()
                 for p, lat in zip(batch, loop.encode_batch(state, batch, gen)):
+                    is_image = image_frames(p.comp.tasks, len(lat))
                     for f in range(1, len(lat)):
-                        if p.comp.tasks[f - 1] not in ("nip", "label"):
+                        if not is_image[f]:
                             continue  # a mask frame: never degraded
                         n += 1
                         held = (lat[f] - lat[0]).pow(2).mean(-1) <= thr  # what the first image holds here

@@ -381,6 +381,12 @@ def _released_sample(
 # training
 
 
+def image_frames(tasks: Sequence[str], num_frames: int) -> list[bool]:
+    """Per frame of a stack, whether it is an image (the first frame, and every frame an image step makes;
+    frame j's task is tasks[j-1]) rather than a mask."""
+    return [f == 0 or tasks[f - 1] in ("nip", "label") for f in range(num_frames)]
+
+
 def source_frame(j: int, is_image: Sequence[bool], hidden: Sequence[bool]) -> int | None:
     """The image target j is edited from (condition "source"): the latest visible image frame before j."""
     for f in range(j - 1, -1, -1):
@@ -487,7 +493,7 @@ def training_samples(
     F_ = len(latents)
     h, w, c = latents[0].shape
     out: list[DitSample] = []
-    is_image = [f == 0 or tasks[f - 1] in ("nip", "label") for f in range(F_)]
+    is_image = image_frames(tasks, F_)
     seen = list(latents)  # what targets see of each frame; losses target `latents`
     for f, z in (seen_frames or {}).items():
         if z.shape != latents[f].shape:
