@@ -18,8 +18,9 @@ Per condition it prints one JSON line: `cases`, `restored` (the share whose outp
 where frame k has it: its colour's largest blob within the scorer's kept-object tolerances of the expected
 one) and `box_mse` (the mean squared error inside the box, pixels in [-1, 1]); then the paired counts of the
 erased source with and without context (`only_context`, `only_no_context`, the sign test's `p`). The exact
-source's rows are the ceiling (what the model keeps when nothing was lost). Generation resumes: finished
-turns under OUT are kept.
+source's rows are the ceiling (what the model keeps when nothing was lost); the `copy_erased_source` row,
+the erased source itself scored as the output, is the floor (what an editor that restores nothing gets).
+Generation resumes: finished turns under OUT are kept.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GRID = 4  # the `mini` pixel autoencoder packs 4x4 blocks: an erased box covers whole latent positions
 CONDITIONS = ("erased_context", "erased_no_context", "exact_context", "exact_no_context")
+COPY = "copy_erased_source"  # the reference row: the erased source itself scored as the output
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,22 @@ def edit_sessions(
 def score(sessions: list[Any], cases: list[Case], results: Path, context: bool) -> list[dict[str, Any] | None]:
     """Per case {"restored": bool, "box_mse": float} for the output under `results` (None: no output); with
     context a case's output is its session's turn k, without it turn 1."""
-    from vincie_cli.eval.common import open_rgb, turn_image
+    from vincie_cli.eval.common import turn_image
+
+    paths = [turn_image(results, f"{c.sid}__turn{c.turn}", c.turn if context else 1) for c in cases]
+    return judge(sessions, cases, paths)
+
+
+def judge(sessions: list[Any], cases: list[Case], paths: list[Path | None]) -> list[dict[str, Any] | None]:
+    """Per case {"restored": bool, "box_mse": float} for the image at its path (None: no image)."""
+    from vincie_cli.eval.common import open_rgb
     from vincie_cli.synth.scorer import Tolerances, detect_objects, min_object_area
 
     tol = Tolerances()
     truth = {s.id: s for s in sessions}
     out: list[dict[str, Any] | None] = []
-    for c in cases:
+    for c, path in zip(cases, paths):
         s = truth[c.sid]
-        path = turn_image(results, f"{c.sid}__turn{c.turn}", c.turn if context else 1)
         if path is None:
             out.append(None)
             continue
@@ -240,6 +249,8 @@ def main() -> None:
         raise SystemExit(str(e)) from None
     for cond in CONDITIONS:
         print(json.dumps(summary(cond, scored[cond])))
+    # the reference: an editor that returns its erased source unchanged
+    print(json.dumps(summary(COPY, judge(sessions, cases, [sources[(c.sid, c.turn)] for c in cases]))))
     for source in ("erased", "exact"):
         pair = paired(scored[f"{source}_context"], scored[f"{source}_no_context"])
         print(json.dumps({"pair": f"{source}: context vs no context", **pair}))

@@ -96,6 +96,7 @@ def test_exact_frames_restore_everything_and_erased_sources_nothing(mod, bench, 
         (tmp_path / "copy" / run / "turn1.png").write_bytes(sources[(c.sid, c.turn)].read_bytes())
     exact = mod.score(sessions, cases, tmp_path / "exact", context=True)
     copied = mod.score(sessions, cases, tmp_path / "copy", context=False)
+    assert mod.judge(sessions, cases, [sources[(c.sid, c.turn)] for c in cases]) == copied  # the reference row
     assert all(x["restored"] and x["box_mse"] == 0 for x in exact)
     assert not any(x["restored"] for x in copied) and all(x["box_mse"] > 0 for x in copied)
     assert mod.summary("a", exact) == {"condition": "a", "cases": len(cases), "restored": 1.0, "box_mse": 0.0}
@@ -119,7 +120,10 @@ def test_cli_runs_the_packaged_model_and_resumes(bench, tmp_path):
     n = rows[0]["cases"]
     assert n >= 1 and all(r["cases"] == n for r in rows[:4])
     assert rows[2]["restored"] >= rows[0]["restored"]  # nothing erased: at least as much kept
-    assert rows[4]["pairs"] == n and rows[5]["pairs"] == n
+    copy = rows[4]  # the reference: the erased source as the output restores nothing
+    assert copy["condition"] == "copy_erased_source" and copy["cases"] == n and copy["restored"] == 0.0
+    assert copy["box_mse"] > 0
+    assert rows[5]["pairs"] == n and rows[6]["pairs"] == n
     out = tmp_path / "out"
     runs = sorted(p.name for p in (out / "erased_context").iterdir() if p.is_dir())
     assert len(runs) == n and len(list((out / "sources").glob("*/turn*_erased.png"))) == n
