@@ -11,6 +11,7 @@ from vincie_cli.flow.loss import (
     noisy_input,
     per_group_loss,
     task_weighted_loss,
+    token_l1,
     token_mse,
     velocity_target,
 )
@@ -35,6 +36,18 @@ def test_masked_mse_and_groups():
     groups = torch.tensor([0, 0, 1, 2])
     assert per_group_loss(per_token, groups, 4).tolist() == [1.5, 0.0, 9.0, 0.0]
     assert per_group_loss(per_token, groups, 3, mask=torch.tensor([True, False, True, True])).tolist() == [1, 0, 9]
+
+
+def test_token_l1_is_the_mean_absolute_error_and_its_minimiser_is_the_median():
+    pred, target = torch.tensor([[1.0, -3.0], [0.5, 0.5]]), torch.zeros(2, 2)
+    assert token_l1(pred, target).tolist() == [2.0, 0.5]
+    # a position that is object (1.0) in 3 of 5 possible targets and background (0.0) in 2: the squared error
+    # is least at the faint blend 0.6, the absolute error at the object itself
+    targets = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])[:, None]
+    guesses = torch.linspace(0, 1, 101)
+    l1 = torch.stack([token_l1(g.expand(5, 1), targets).mean() for g in guesses])
+    l2 = torch.stack([token_mse(g.expand(5, 1), targets).mean() for g in guesses])
+    assert float(guesses[l1.argmin()]) == 1.0 and abs(float(guesses[l2.argmin()]) - 0.6) < 1e-6
 
 
 def test_task_weighted_loss_ignores_absent_tasks_and_backprops():

@@ -353,6 +353,43 @@ def test_self_context_shows_later_targets_the_models_own_outputs(tiny_recipe, sh
     torch.testing.assert_close(noise.target, off.target)
 
 
+def test_loss_norm_l1_measures_the_absolute_clean_latent_error(tiny_recipe, shards, tmp_path):
+    """flow.loss_norm=l1: each target row's loss is its mean absolute velocity error times max(t/T, X0_T_MIN)
+    (flow.loss=x0: the absolute clean-latent error; l2 squares both); the loop passes the option on and a bad
+    value is named."""
+    from vincie_cli.flow.loss import token_l1, token_mse
+    from vincie_cli.model.layouts import X0_T_MIN
+
+    sets = ["model.condition=source", "model.prediction=x0_source", "flow.loss=x0", "train.max_steps=1"]
+    state = L.setup(recipe(tiny_recipe, shards, *sets, "flow.loss_norm=l1"), tmp_path)
+    assert state.recipe.flow.loss_norm == "l1"
+    packed = L.make_inputs(state, state.batcher.next_batch(), torch.Generator().manual_seed(3))
+    out = torch.randn(packed.vid.shape[0], packed.target.shape[1], generator=torch.Generator().manual_seed(0))
+    s = (packed.row_timesteps()[packed.loss_rows] / 1000.0).clamp(min=X0_T_MIN)
+    pred = out[packed.loss_rows]
+    _, g1, present = L.target_loss(out, packed, "x0", row_weights=False, norm="l1")
+    _, g2, _ = L.target_loss(out, packed, "x0", row_weights=False)
+    for g in range(len(present)):
+        rows = packed.groups == g
+        if present[g]:
+            l1 = token_l1(pred[rows], packed.target[rows]) * s[rows]
+            l2 = token_mse(pred[rows], packed.target[rows]) * s[rows] ** 2
+            assert float(g1[g]) == pytest.approx(float(l1.mean()), rel=1e-5)
+            assert float(g2[g]) == pytest.approx(float(l2.mean()), rel=1e-5)
+    assert float(g1[0]) != pytest.approx(float(g2[0]), rel=1e-3)
+    with pytest.raises(VincieError, match="flow.loss_norm"):
+        L.target_loss(out, packed, "x0", norm="huber")
+    state.lock.release()
+    # the loop trains with it: one step each way from the same seed, finite and different
+    a, b = (
+        L.train(recipe(tiny_recipe, shards, *sets, f"flow.loss_norm={n}"), out_dir=tmp_path / n).history[0]
+        for n in ("l1", "l2")
+    )
+    assert a["finite"] and b["finite"] and a["loss"] != pytest.approx(b["loss"], rel=1e-3)
+    with pytest.raises(UsageError, match="flow.loss_norm: expected one of 'l2', 'l1', got 'huber'"):
+        recipe(tiny_recipe, shards, "flow.loss_norm=huber")
+
+
 def test_changed_share_weights_the_loss_toward_what_the_edit_changed(tiny_recipe, shards, tmp_path):
     """flow.changed_share: the image targets' per-position losses are weighted by the packed row weights (mean
     1 per target); `target_loss(..., row_weights=False)` gives the plain loss of the same batch."""

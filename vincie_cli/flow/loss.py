@@ -27,6 +27,13 @@ def token_mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
+def token_l1(pred: Tensor, target: Tensor) -> Tensor:
+    """(N, C) x2 -> (N,) mean absolute error per token, in fp32. Its minimiser is the per-channel median of
+    what the target could be (the MSE's is the mean): where a one-step model is unsure whether a position is
+    object or background it commits to the likelier one instead of drawing a faint blend of both."""
+    return (pred.float() - target.float()).abs().flatten(1).mean(dim=1)
+
+
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean per-token MSE over the tokens where `mask` (N,) is True (all tokens when None); fp32 scalar.
 

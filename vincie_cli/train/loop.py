@@ -649,19 +649,23 @@ def batch_flops(config, packed) -> float:
 
 
 def target_loss(
-    out: Tensor, packed, weighting: str = "velocity", row_weights: bool = True
+    out: Tensor, packed, weighting: str = "velocity", row_weights: bool = True, norm: str = "l2"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The training loss of DiT outputs `out` on `packed`: (scalar, per-group mean losses, groups present).
 
-    `weighting` is the recipe's `flow.loss` ("velocity" or "x0", the clean-latent MSE); `row_weights`: apply
-    the packed per-position weights (`flow.changed_share`; False: every position weighs the same)."""
-    from vincie_cli.flow.loss import task_weighted_loss, token_mse
+    `weighting` is the recipe's `flow.loss` ("velocity" or "x0", the clean-latent error); `norm` its
+    `flow.loss_norm` ("l2": squared error, "l1": absolute error); `row_weights`: apply the packed
+    per-position weights (`flow.changed_share`; False: every position weighs the same)."""
+    from vincie_cli.flow.loss import task_weighted_loss, token_l1, token_mse
     from vincie_cli.flow.schedule import T_MAX
     from vincie_cli.model.layouts import X0_T_MIN
 
-    per_token = token_mse(out[packed.loss_rows], packed.target)
-    if weighting == "x0":  # the clean-latent MSE: |x0_hat - x0|^2 = (t/T)^2 |v_hat - v|^2
-        per_token = per_token * (packed.row_timesteps()[packed.loss_rows] / T_MAX).clamp(min=X0_T_MIN).pow(2)
+    if norm not in ("l2", "l1"):
+        raise VincieError(f'flow.loss_norm: expected "l2" or "l1", got {norm!r}')
+    per_token = (token_l1 if norm == "l1" else token_mse)(out[packed.loss_rows], packed.target)
+    if weighting == "x0":  # the clean-latent error: x0_hat - x0 = (t/T) (v_hat - v), squared for l2
+        scale = (packed.row_timesteps()[packed.loss_rows] / T_MAX).clamp(min=X0_T_MIN)
+        per_token = per_token * (scale.pow(2) if norm == "l2" else scale)
     if packed.row_weights is not None and row_weights:
         per_token = per_token * packed.row_weights
     loss, per_group = task_weighted_loss(per_token, packed.groups, packed.weights)
@@ -689,7 +693,7 @@ def train_step(state: TrainState) -> dict[str, Any]:
         ctx = acc.no_sync(state.trainer) if not sync and acc.num_processes > 1 else _null()
         with ctx, acc.autocast():
             out = state.trainer(packed)
-            loss, per_group, present = target_loss(out.float(), packed, r.flow.loss)
+            loss, per_group, present = target_loss(out.float(), packed, r.flow.loss, norm=r.flow.loss_norm)
         acc.backward(loss / r.train.grad_accum)
         losses.append(loss.detach())
         groups_sum += torch.where(present, per_group, 0).cpu()

@@ -167,6 +167,10 @@ class FlowSection:
     # "velocity": the MSE of eps - x0; "x0": each target's velocity MSE times max(t/T, 0.05)^2, i.e. the MSE
     # of the clean latent it implies (every sampling step weighs the same; pairs with model.prediction x0)
     loss: Literal["velocity", "x0"] = "velocity"
+    # the error that loss measures: "l2", squared (the model learns the mean of what a target could be);
+    # "l1", absolute (the per-channel median: where a one-step sampler is unsure whether a position is object
+    # or background, the median commits to the likelier one, the mean paints a faint blend of both)
+    loss_norm: Literal["l2", "l1"] = "l2"
     vae_sample: bool = False  # encode with a posterior sample instead of the mean
     # share of an image target's loss given to the latent positions its edit changed (mean squared difference
     # from its source image over channels > changed_threshold, in latent units); 0 = off, every position
