@@ -8,7 +8,8 @@ Loads the checkpoint's own recipe (`recipe.yaml` in the step folder) with `model
 `train.seed` set to 0 (the seed composes the batches, so checkpoints of runs with different seeds are scored
 on the same ones; `--set train.seed=N` draws others), draws `--batches` training batches once, and for each
 t/T in `--t` runs the real loss (`train.loop.make_inputs` with that t, `train.loop.target_loss`, the recipe's
-`flow.loss`, without `flow.changed_share`'s weights so that runs compare) with the same noise. Prints one JSON
+`flow.loss`, always as a squared error and without `flow.changed_share`'s weights, whatever `flow.loss_norm`
+and the share were, so that runs compare) with the same noise. Prints one JSON
 line per t with the loss per task (nip: images, csp / nsp: masks), and the images' loss split into the
 positions their edit changed (`nip_changed`: mean squared difference from the source image above
 `flow.changed_threshold`) and the rest (`nip_kept`).
