@@ -4,8 +4,9 @@
 
 Reads a `vincie eval synthetic` folder's `scores.jsonl` (best one made with `--true-history`, so every turn is
 scored on its own) and prints one JSON line with:
-- `chained`: per turn k, the share of sessions whose turns 1..k all passed (with `--true-history`, the
-  drift-free ceiling, docs/eval.md) and `product`, the product of the per-turn success rates up to k;
+- `chained`: per turn k, the share of sessions whose turns 1..k all passed (the scorer's `counted`; with
+  `--true-history`, the drift-free ceiling, docs/eval.md) and `product`, the product of the per-turn
+  success rates up to k;
 - `kinds`: per edit kind, turns and success rate; `shape_share`: the share of turns whose kind draws a shape
   where none was (`SHAPE_KINDS`: added, moved, swapped, turned), and `sessions_without` per turn k, the
   sessions with none of those kinds in turns 1..k;
@@ -43,7 +44,7 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
         have = [r for r in rows if len(r["turns"]) > k]
         p *= sum(r["turns"][k]["success"] for r in have) / len(have)
         product.append(round(p, 4))
-        chained.append(round(sum(all(t["success"] for t in r["turns"][: k + 1]) for r in have) / len(have), 4))
+        chained.append(round(sum(r["turns"][k]["counted"] for r in have) / len(have), 4))  # the scorer's cumulative
         without.append(sum(all(t["kind"] not in SHAPE_KINDS for t in r["turns"][: k + 1]) for r in have))
     kinds: dict[str, dict[str, float]] = {}
     placed = {"not_found": 0, "found_wrong": 0, "right": 0}

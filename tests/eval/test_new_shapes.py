@@ -20,16 +20,25 @@ def _turn(kind, success, *objects):
     return {"kind": kind, "success": success, "objects": list(objects)}
 
 
+def _session(turns):
+    """A scores.jsonl record: `counted` is cumulative, as the scorer writes it."""
+    alive = True
+    for t in turns:
+        alive = alive and t["success"]
+        t["counted"] = alive
+    return {"turns": turns}
+
+
 ROWS = [
-    {"turns": [_turn("remove", True, _obj("removed", True)), _turn("add", True, _obj("added", True))]},
-    {"turns": [_turn("recolour", True, _obj("edited", True)), _turn("move", False, _obj("edited", False, False))]},
-    {
-        "turns": [
+    _session([_turn("remove", True, _obj("removed", True)), _turn("add", True, _obj("added", True))]),
+    _session([_turn("recolour", True, _obj("edited", True)), _turn("move", False, _obj("edited", False, False))]),
+    _session(
+        [
             _turn("rotate", False, _obj("edited", False, shape_iou=0.5), _obj("kept", True, shape_iou=0.1)),
             _turn("add", False, _obj("added", False, size_ratio=0.25), _obj("kept", True, size_ratio=9.0)),
         ]
-    },
-    {"turns": [_turn("recolour", False, _obj("edited", False)), _turn("add", False, _obj("added", False, True, 4))]},
+    ),
+    _session([_turn("recolour", False, _obj("edited", False)), _turn("add", False, _obj("added", False, True, 4))]),
 ]
 
 
